@@ -1,0 +1,153 @@
+"""One factory over one registry: decoders from segmentation_models_pytorch, encoders by name.
+
+Every model is a :class:`SegModel` that exposes the three stages the methods need:
+
+    features = model.encode(x)        # encoder pyramid h(x), list of (B, C_i, H/2^i, W/2^i)
+    z        = model.decode(features) # decoder feature map g(h(x)), (B, D, h, w)
+    logits   = model.classify(z)      # pixel classifier C_f, a 1x1 conv: (B, K, h, w)
+
+``model(x)`` runs all three and upsamples the logits to the input size (bilinear).
+
+Encoder weights: ``weights=None`` (from scratch), a local file (``.pth``/``.pt``/``.safetensors``,
+a plain state dict of the encoder, optionally under "state_dict"/"model" and/or prefixed "encoder."),
+or ``"imagenet"`` (smp downloads from the hub, needs the internet).
+
+Example:
+    >>> m = create_model("unet", encoder="resnet18", num_classes=2)
+    >>> m(torch.zeros(1, 3, 64, 64)).shape
+    torch.Size([1, 2, 64, 64])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pathseg.errors import WeightsError
+from pathseg.registry import Registry
+
+DECODERS: Registry = Registry("model")
+ENCODERS: Registry = Registry("encoder")
+
+for _enc in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    ENCODERS.register(_enc, _enc)
+
+
+def _smp():
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+DECODERS.register("deeplabv3", lambda **kw: _smp().DeepLabV3(**kw))
+DECODERS.register("deeplabv3plus", lambda **kw: _smp().DeepLabV3Plus(**kw))
+DECODERS.register("unet", lambda **kw: _smp().Unet(**kw))
+DECODERS.register("unetplusplus", lambda **kw: _smp().UnetPlusPlus(**kw))
+
+
+class SegModel(nn.Module):
+    """Encoder h, decoder g and 1x1 pixel classifier C_f, with the stages exposed separately."""
+
+    def __init__(self, net: nn.Module, num_classes: int, name: str, encoder: str) -> None:
+        super().__init__()
+        self.encoder = net.encoder
+        self.decoder = net.decoder
+        self.name, self.encoder_name, self.num_classes = name, encoder, num_classes
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, 64, 64)
+            was = self.encoder.training, self.decoder.training
+            self.encoder.eval(), self.decoder.eval()
+            z = self.decoder(self.encoder(probe))
+            self.encoder.train(was[0]), self.decoder.train(was[1])
+        self.feature_channels = int(z.shape[1])
+        self.encoder_channels = list(self.encoder.out_channels)
+        self.classifier = nn.Conv2d(self.feature_channels, num_classes, kernel_size=1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(x)
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(features)
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classify(self.decode(self.encode(x)))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+def create_model(
+    name: str = "unet",
+    *,
+    encoder: str = "resnet18",
+    num_classes: int = 2,
+    weights: str | None = None,
+    **kwargs: Any,
+) -> SegModel:
+    """Build a registered decoder over a registered encoder.
+
+    Args:
+        name: one of ``DECODERS.names()`` (deeplabv3, deeplabv3plus, unet, unetplusplus).
+        encoder: one of ``ENCODERS.names()``.
+        num_classes: K, the classifier's output channels.
+        weights: None, a local weights file, or "imagenet" (needs the internet).
+    """
+    builder = DECODERS.get(name)
+    smp_encoder = ENCODERS.get(encoder)
+    net = builder(encoder_name=smp_encoder, encoder_weights=None, classes=num_classes, **kwargs)
+    model = SegModel(net, num_classes, name=name, encoder=encoder)
+    if weights is not None:
+        load_encoder_weights(model, weights)
+    return model
+
+
+def load_encoder_weights(model: SegModel, weights: str | Path) -> None:
+    """Load encoder weights from a local file, or from the hub for ``"imagenet"``."""
+    if str(weights) == "imagenet":
+        try:
+            smp = _smp()
+            enc = smp.encoders.get_encoder(model.encoder_name, weights="imagenet")
+        except Exception as e:  # network errors surface as many different types
+            raise WeightsError(
+                f"could not download ImageNet weights for encoder {model.encoder_name!r} ({type(e).__name__}: {e}). "
+                "Offline, download them once elsewhere and pass the file: weights=/path/to/encoder.pth "
+                "(a torch or safetensors state dict of the encoder)."
+            ) from e
+        model.encoder.load_state_dict(enc.state_dict())
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found; pass an existing .pth/.pt/.safetensors file, or weights=null")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot read weights ({e}); expected a torch or safetensors state dict") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    prefixes = ("model.encoder.", "encoder.", "model.")
+    cleaned = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        cleaned[k] = v
+    missing, unexpected = model.encoder.load_state_dict(cleaned, strict=False)
+    if len(missing) == len(model.encoder.state_dict()):
+        raise WeightsError(
+            f"{path}: none of its {len(cleaned)} tensors match encoder {model.encoder_name!r} "
+            f"(first keys: {list(cleaned)[:3]}); is it a weights file for this encoder?"
+        )
