@@ -1,0 +1,6 @@
+"""Training methods. Importing this package registers every method in ``METHODS``."""
+
+from pathseg.methods.base import METHODS, Method
+from pathseg.methods import supervised  # noqa: F401  (registers)
+
+__all__ = ["METHODS", "Method"]

@@ -145,9 +145,18 @@ def load_encoder_weights(model: SegModel, weights: str | Path) -> None:
                 k = k[len(p):]
                 break
         cleaned[k] = v
-    missing, unexpected = model.encoder.load_state_dict(cleaned, strict=False)
-    if len(missing) == len(model.encoder.state_dict()):
+    own = model.encoder.state_dict()
+    matching = {k: v for k, v in cleaned.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matching:
         raise WeightsError(
             f"{path}: none of its {len(cleaned)} tensors match encoder {model.encoder_name!r} "
             f"(first keys: {list(cleaned)[:3]}); is it a weights file for this encoder?"
         )
+    missing = sorted(set(own) - set(matching))
+    if missing:
+        import warnings
+
+        warnings.warn(f"{path}: {len(missing)} encoder tensors not in the file keep their initial values "
+                      f"(first: {missing[:3]})", stacklevel=2)
+    own.update(matching)
+    torch.nn.Module.load_state_dict(model.encoder, own)

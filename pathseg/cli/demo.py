@@ -1,0 +1,69 @@
+"""`pathseg demo`: the whole path on the embedded synthetic default, in a few minutes on a CPU.
+
+Trains U-Net/ResNet-18 on synthetic 5-class H&E tissue, evaluates on held-out synthetic images from
+the same centres, and writes ``metrics.md``, ``metrics.json`` and ``overlay.png`` (image | truth |
+prediction for four test images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pathseg.engine.config import load_config
+from pathseg.io.files import write_image, write_json, write_text
+
+
+def demo_config(out: Path, steps: int, seed: int):
+    return load_config(None, [
+        "data.dataset=synthetic",
+        "data.options={task: tissue, n_images: 48, size: 256}",
+        "data.train_transforms=[{name: random_crop, size: 192}, {name: flip}, {name: rotate90}]",
+        "data.batch_size=8",
+        "model.name=unet",
+        "model.encoder=resnet18",
+        "optim.name=adam",
+        "optim.lr=0.002",
+        "optim.weight_decay=0.0",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_every={max(1, steps // 3)}",
+        f"trainer.seed={seed}",
+        f"trainer.out={out}",
+    ])
+
+
+def run_demo(out: Path, *, steps: int = 300, seed: int = 0, console=None) -> dict:
+    from pathseg.cli.main import metrics_markdown, metrics_table
+    from pathseg.engine.predict_images import colorize, normalise, overlay
+    from pathseg.engine.train import evaluate, train
+    from pathseg.engine.data import build_dataset
+    from pathseg.engine.checkpoint import load_model
+    from pathseg.methods.base import predict_logits
+
+    cfg = demo_config(out, steps, seed)
+    res = train(cfg)
+    metrics = evaluate(res["checkpoint"], cfg)
+    model, info = load_model(res["checkpoint"])
+    test = build_dataset(cfg, "test")
+    rows = []
+    for i in range(min(4, len(test))):
+        s = test[i]
+        with torch.inference_mode():
+            pred = predict_logits(model, normalise(s["image"], info["mean"], info["std"])).argmax(1)[0].numpy()
+        truth = np.where(s["mask"] == 255, 0, s["mask"])
+        rows.append(np.concatenate([s["image"], colorize(truth, info["colors"]),
+                                    overlay(s["image"], pred, info["colors"], alpha=0.6)], axis=1))
+    write_image(out / "overlay.png", np.concatenate(rows, axis=0))
+    per_class = {n: {"IoU": metrics[f"IoU/{n}"], "Dice": metrics[f"Dice/{n}"]} for n in info["class_names"]}
+    md = ["# pathseg demo: U-Net/ResNet-18 on synthetic H&E tissue (5 classes)", "",
+          f"{steps} training steps, {res['seconds']:.0f} s; test = held-out synthetic images.", "",
+          metrics_markdown({"test": metrics}), "| class | IoU | Dice |", "|---|---|---|"]
+    md += [f"| {n} | {v['IoU']:.4f} | {v['Dice']:.4f} |" for n, v in per_class.items()]
+    write_text(out / "metrics.md", "\n".join(md) + "\n")
+    write_json(out / "metrics.json", {"test": metrics, "train_seconds": res["seconds"], "checkpoint": res["checkpoint"]})
+    if console is not None:
+        console.print(metrics_table({"test": metrics}))
+        console.print(f"wrote {out / 'metrics.md'}, {out / 'overlay.png'}, model {res['checkpoint']}")
+    return metrics

@@ -1,0 +1,186 @@
+"""Run configuration: YAML files with typed sections, checked when loaded.
+
+An unknown key is reported with a "did you mean"; ``key=value`` overrides use dotted paths
+(``optim.lr=0.001``, ``method.params.lambda_cont=0.1``) and YAML values.
+
+Example:
+    >>> cfg = load_config(None, ["model.name=deeplabv3", "trainer.max_steps=10"])
+    >>> cfg.model.name, cfg.trainer.max_steps
+    ('deeplabv3', 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pathseg.errors import ConfigError
+from pathseg.registry import did_you_mean
+
+
+def default_train_transforms() -> list[dict[str, Any]]:
+    return [{"name": "random_crop", "size": 256}, {"name": "flip"}, {"name": "rotate90"}]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset constructor
+    train_split: str = "train"
+    val_split: str = "test"
+    split_file: str | None = None  # a label-fraction split (pathseg splits); None = every train image labelled
+    train_transforms: list[dict[str, Any]] = field(default_factory=default_train_transforms)
+    unlabeled_transforms: list[dict[str, Any]] | None = None  # default: the same as train_transforms
+    batch_size: int = 8
+    unlabeled_batch_size: int = 8
+    workers: int = 0
+    cache: bool = True  # keep decoded images in memory (small datasets)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    encoder: str = "resnet18"
+    weights: str | None = None  # None, "imagenet" (online) or a local file
+
+
+@dataclass
+class MethodConfig:
+    name: str = "supervised"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9  # lr_t = lr * (1 - t / T) ** power
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 500
+    val_every: int = 100  # steps between validations (one "epoch" of the loop)
+    seed: int = 0
+    out: str = "runs/default"
+    threads: int | None = None  # torch threads; None = all cores
+    accelerator: str = "auto"  # cpu | cuda | auto
+    devices: int | str = 1
+    precision: str = "32-true"
+    channels_last: bool = True
+    resume: bool = True  # continue from out/checkpoints/last.ckpt when present
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FREE_FORM = {("data", "options"), ("method", "params")}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__} {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, val in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where + ': ' if where else ''}unknown key {key!r}.{did_you_mean(key, list(fields))} Valid keys: {', '.join(fields)}"
+            )
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[key] = _build(sub, val or {}, f"{where}.{key}" if where else key)
+        else:
+            kwargs[key] = _check_type(val, fields[key], f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _check_type(val: Any, f: dataclasses.Field, where: str) -> Any:
+    t = str(f.type)
+    if val is None:
+        if "None" in t:
+            return None
+        raise ConfigError(f"{where}: a value is required ({t})")
+    if t.startswith("int") and not (isinstance(val, int) and not isinstance(val, bool)):
+        if not ("str" in t and isinstance(val, str)):
+            raise ConfigError(f"{where}: expected an integer, got {val!r}")
+    if t.startswith("float") and not isinstance(val, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {val!r}")
+    if t == "bool" and not isinstance(val, bool):
+        raise ConfigError(f"{where}: expected true or false, got {val!r}")
+    if t.startswith("str") and not t.startswith("str |") and not isinstance(val, str):
+        raise ConfigError(f"{where}: expected a string, got {val!r}")
+    if t.startswith("float"):
+        val = float(val)
+    return val
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {dotted}: {k!r} is not a section")
+    cur[keys[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; a top-level ``include: other.yaml`` (relative path) is merged underneath."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    inc = raw.pop("include", None)
+    if inc:
+        raw = _merge(read_yaml(path.parent / inc), raw)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw = read_yaml(path) if path else {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.001")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(raw, key.strip(), parsed)
+    where = str(path) if path else "config"
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None

@@ -1,0 +1,125 @@
+"""From a config to DataLoaders: dataset adapters -> paired transforms -> tensors.
+
+Training loaders sample with replacement, so one loop "epoch" is ``trainer.val_every`` steps whatever
+the dataset size; validation runs on whole images, one at a time (sizes differ).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from pathseg.data.base import DATASETS, SegmentationDataset
+from pathseg.data.sample import collate
+from pathseg.engine.config import Config
+from pathseg.errors import DataError
+
+
+def build_dataset(cfg: Config, split: str) -> SegmentationDataset:
+    """Instantiate the configured dataset adapter for ``split``."""
+    import pathseg.data  # noqa: F401  (registers adapters)
+
+    cls = DATASETS.get(cfg.data.dataset)
+    kwargs = dict(cfg.data.options)
+    if cfg.data.root is not None:
+        kwargs["root"] = cfg.data.root
+    return cls(split=split, **kwargs)
+
+
+class TensorView(Dataset):
+    """Applies paired transforms (fresh randomness per call) and converts a Sample to tensors.
+
+    ``keep_mask=False`` drops the mask (unlabelled view). Decoded samples can be cached in memory.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, transforms=None, *, keep_mask: bool = True, cache: bool = False):
+        self.dataset, self.transforms, self.keep_mask = dataset, transforms, keep_mask
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _sample(self, i: int) -> dict[str, Any]:
+        if self._cache is None:
+            return dict(self.dataset[i])
+        if i not in self._cache:
+            self._cache[i] = dict(self.dataset[i])
+        return dict(self._cache[i])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from pathseg.transforms import to_tensor
+
+        s = self._sample(i)
+        if not self.keep_mask:
+            s["mask"] = None
+        if self.transforms is not None:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            s = self.transforms(s, rng)
+        t = to_tensor(s)
+        out = {k: v for k, v in t.items() if torch.is_tensor(v)}
+        if "mask" in out and not self.keep_mask:
+            del out["mask"]
+        out["index"] = torch.tensor(i)
+        return out
+
+
+def _loader(ds: Dataset, batch: int, workers: int, num_samples: int) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=RandomSampler(ds, replacement=True, num_samples=num_samples),
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+
+
+def split_labeled(cfg: Config, train: SegmentationDataset) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """The labelled and unlabelled parts of the training set, from ``data.split_file`` when given."""
+    if not cfg.data.split_file:
+        return train, None
+    from pathseg.data.splits import read_split
+
+    split = read_split(cfg.data.split_file)
+    labeled = train.subset(list(split["labeled"]))
+    unlabeled = train.subset(list(split["unlabeled"])) if split.get("unlabeled") else None
+    return labeled, unlabeled
+
+
+def build_train_loaders(cfg: Config, *, with_unlabeled: bool) -> Any:
+    """The training loader: labelled batches, or ``{"labeled", "unlabeled"}`` pairs for semi-supervised methods."""
+    from pathseg.transforms import build_transforms
+
+    d = cfg.data
+    train = build_dataset(cfg, d.train_split)
+    labeled, unlabeled = split_labeled(cfg, train)
+    if len(labeled) == 0:
+        raise DataError(f"{cfg.data.dataset}: the labelled training split is empty; check data.split_file")
+    steps = max(1, cfg.trainer.val_every)
+    sup = _loader(TensorView(labeled, build_transforms(d.train_transforms), cache=d.cache), d.batch_size, d.workers,
+                  steps * d.batch_size)
+    if not with_unlabeled:
+        return sup
+    if unlabeled is None or len(unlabeled) == 0:
+        raise DataError(
+            f"{cfg.data.dataset}: this method needs unlabelled images, but the split has none; pass "
+            "data.split_file=splits/<dataset>/<fraction>_seed<k>.json (see `pathseg splits`)"
+        )
+    tf = build_transforms(d.unlabeled_transforms if d.unlabeled_transforms is not None else d.train_transforms)
+    unsup = _loader(TensorView(unlabeled, tf, keep_mask=False, cache=d.cache), d.unlabeled_batch_size, d.workers,
+                    steps * d.unlabeled_batch_size)
+    from lightning.pytorch.utilities import CombinedLoader
+
+    return CombinedLoader({"labeled": sup, "unlabeled": unsup}, mode="max_size_cycle")
+
+
+def build_val_loader(cfg: Config, split: str | None = None) -> tuple[DataLoader, SegmentationDataset]:
+    ds = build_dataset(cfg, split or cfg.data.val_split)
+    if len(ds) == 0:
+        raise DataError(f"{cfg.data.dataset}: split {split or cfg.data.val_split!r} is empty")
+    view = TensorView(ds, None, cache=cfg.data.cache)
+    return DataLoader(view, batch_size=1, shuffle=False, num_workers=0, collate_fn=collate), ds

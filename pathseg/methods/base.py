@@ -1,0 +1,156 @@
+"""The one training step every method extends.
+
+:class:`Method` owns the model, the optimiser, the poly learning-rate schedule, validation metrics and
+logging. A method only says what its loss terms are, by implementing :meth:`Method.training_losses`,
+which returns a dict such as ``{"loss": total, "loss/sup": ..., "loss/cont": ...}``; the loop logs
+whatever it gets.
+
+Batches: a supervised method receives ``{"image": (B,3,H,W) float, "mask": (B,H,W) int64, ...}``.
+A method with ``needs_unlabeled = True`` receives ``{"labeled": <that>, "unlabeled": {"image": ...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from pathseg.data.sample import IGNORE_INDEX
+from pathseg.engine.checkpoint import model_info
+from pathseg.metrics import SegmentationMetrics
+from pathseg.models import SegModel
+from pathseg.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+class Method(L.LightningModule):
+    needs_unlabeled: bool = False
+
+    def __init__(
+        self,
+        model: SegModel,
+        *,
+        class_names: list[str],
+        optim: dict[str, Any] | None = None,
+        max_steps: int = 1000,
+        mpp: float | None = None,
+        channels_last: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.class_names = list(class_names)
+        self.optim = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9, **(optim or {})}
+        self.max_steps = max_steps
+        self.mpp = mpp
+        self.use_channels_last = channels_last
+        self.ignore_index = ignore_index
+        if params:
+            from pathseg.errors import ConfigError
+            from pathseg.registry import did_you_mean
+
+            key = next(iter(params))
+            raise ConfigError(
+                f"method {type(self).__name__}: unknown parameter {key!r}.{did_you_mean(key, self.param_names())} "
+                f"Valid parameters: {', '.join(self.param_names()) or '(none)'}"
+            )
+        self.val_metrics = SegmentationMetrics(model.num_classes, class_names=self.class_names, ignore_index=ignore_index)
+        self.history: list[dict[str, Any]] = []
+        self.save_hyperparameters({"pathseg": model_info(model, self.class_names, mpp=mpp)}, logger=False)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # -- what a method provides -------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The method's own constructor parameters (for config errors)."""
+        import inspect
+
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if klass in (Method, L.LightningModule) or "__init__" not in vars(klass):
+                continue
+            sig = inspect.signature(klass.__init__)
+            names += [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
+        return sorted(set(names) - {"class_names", "optim", "max_steps", "mpp", "channels_last", "ignore_index"})
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- shared pieces ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self._fmt(x))
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.use_channels_last else x
+
+    def supervised_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L_sup: pixel-wise cross-entropy, ignoring unlabelled pixels.
+
+        Shape: logits (B, K, H, W); mask (B, H, W) int64 with ``ignore_index`` for unlabelled pixels.
+        """
+        return F.cross_entropy(logits, mask, ignore_index=self.ignore_index)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.training_losses(batch)
+        bs = _batch_size(batch)
+        logged = {f"train/{k}": v.detach() for k, v in losses.items() if torch.is_tensor(v)}
+        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=bs)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=bs)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, on_step=True, batch_size=bs)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = predict_logits(self.model, batch["image"], channels_last=self.use_channels_last)
+        self.val_metrics.update(batch["mask"], logits.argmax(1), batch.get("valid"))
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        res = self.val_metrics.compute()
+        scalar = {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, float) and k != "pixels"}
+        self.log_dict(scalar, prog_bar=False, sync_dist=True)
+        self.log("val/mIoU", res["mIoU"], prog_bar=True)
+        self.history.append({"step": int(self.global_step), "epoch": int(self.current_epoch), **res})
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        name = o["name"].lower()
+        if name == "sgd":
+            opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        elif name in ("adam", "adamw"):
+            cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        else:
+            from pathseg.errors import ConfigError
+
+            raise ConfigError(f"optim.name: unknown optimiser {o['name']!r}; valid: sgd, adam, adamw")
+        total, power = max(1, self.max_steps), o["poly_power"]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - min(t, total) / total) ** power)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def predict_logits(model: SegModel, image: torch.Tensor, *, channels_last: bool = True, multiple: int = 32) -> torch.Tensor:
+    """Logits for whole images of any size: reflect-pad to a multiple of ``multiple``, run, crop back.
+
+    Shape: image (B, 3, H, W) -> (B, K, H, W).
+    """
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    x = F.pad(image, (0, pw, 0, ph), mode="reflect") if (ph or pw) else image
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model(x)[..., :h, :w]
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    b = batch.get("labeled", batch)
+    return int(b["image"].shape[0])
