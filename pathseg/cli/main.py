@@ -209,12 +209,21 @@ def demo(
     run_demo(out, steps=steps, seed=seed, console=console)
 
 
+# Command groups owned by other parts of pathseg: each module exposes register(app).
+PLUGIN_MODULES = ("slides", "weak", "segcls", "pretrain", "distill")
+
+
 def _register_optional() -> None:
-    try:
-        from pathseg.cli import slides
-    except ImportError:
-        return
-    slides.register(app)
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            mod = importlib.import_module(f"pathseg.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"pathseg.cli.{name}":
+                continue
+            raise
+        mod.register(app)
 
 
 _register_optional()

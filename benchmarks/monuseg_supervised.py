@@ -1,0 +1,63 @@
+"""Supervised baseline on real MoNuSeg 2018: train on the 30 training images, score the 14 test images.
+
+Scale-down for a 2-core CPU (written into the results): U-Net/ResNet-18 from scratch (no pretrained
+weights), images at half scale, 256 px crops, batch 8, Adam 2e-3 with poly decay. The metrics are the
+2-class means (background, nucleus) that CRCFP's Table 2 reports.
+
+    python benchmarks/monuseg_supervised.py [--steps 600] [--seed 0] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/bench_monuseg_supervised")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    from pathseg.engine.config import load_config
+    from pathseg.engine.train import evaluate, train
+
+    cfg = load_config(ROOT / "configs/monuseg_supervised.yaml", [
+        f"trainer.max_steps={args.steps}", f"trainer.seed={args.seed}", f"trainer.out={args.out}",
+        "trainer.resume=false", *args.overrides,
+    ])
+    t0 = time.time()
+    res = train(cfg)
+    train_s = time.time() - t0
+    m = evaluate(res["checkpoint"], cfg, "test")
+    row = {
+        "method": "SupOnly", "dataset": "monuseg2018", "fraction": 1.0, "seed": args.seed,
+        "metrics": {"mIoU": m["mIoU"], "Dice": m["Dice"], "accuracy": m["accuracy"],
+                    "IoU/nucleus": m["IoU/nucleus"], "Dice/nucleus": m["Dice/nucleus"]},
+        "seconds": round(train_s, 1),
+        "checkpoint": res["checkpoint"],
+        "steps": args.steps,
+    }
+    scale = "U-Net/ResNet-18 from scratch, images at 0.5 scale, 256 px crops, batch 8, Adam 2e-3 poly"
+    md = (
+        "# MoNuSeg 2018 supervised baseline (30 train / 14 test images)\n\n"
+        f"Scale-down: {scale}; {args.steps} steps on this CPU.\n\n"
+        "| method | fraction | mIoU | Dice | accuracy | nucleus IoU | train seconds |\n|---|---|---|---|---|---|---|\n"
+        f"| SupOnly | 1/1 | {m['mIoU']:.4f} | {m['Dice']:.4f} | {m['accuracy']:.4f} | {m['IoU/nucleus']:.4f} | {train_s:.0f} |\n"
+    )
+    path = write_results("monuseg_supervised", [row], md, scale_down=scale)
+    print(md)
+    print(f"results: {path}; checkpoint: {res['checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()
