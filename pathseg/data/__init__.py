@@ -1,14 +1,14 @@
 """Dataset adapters (each registers itself in :data:`DATASETS`), the sample contract and splits.
 
 Importing this package registers: ``monuseg``, ``glas``, ``bcss``, ``bcss_wsss``, ``luad_histoseg``,
-``folder`` and ``qupath``. Heavy readers (Pillow, OpenCV, shapely) load only when a file is read.
+``folder``, ``qupath`` and ``synthetic``. Heavy readers (Pillow, OpenCV, shapely) load only when a file is read.
 
 Example:
     >>> from pathseg.data import DATASETS
     >>> ds = DATASETS.get("monuseg")(split="test")  # doctest: +SKIP
 """
 
-from pathseg.data import bcss, folder, glas, monuseg, wsss  # noqa: F401  (register the adapters)
+from pathseg.data import bcss, folder, glas, monuseg, synth, wsss  # noqa: F401  (register the adapters)
 from pathseg.data.base import DATASETS, SegmentationDataset, shared_data_root
 from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 

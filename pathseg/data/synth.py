@@ -41,7 +41,6 @@ import numpy as np
 from pathseg.data.base import DATASETS, SegmentationDataset
 from pathseg.data.sample import Sample, make_sample
 from pathseg.errors import ConfigError
-from pathseg.transforms.stain import RUIFROK_HED
 
 __all__ = [
     "CLASS_NAMES",
@@ -106,18 +105,23 @@ def _smooth(t: np.ndarray) -> np.ndarray:
 
 
 def _noise_grid(u: np.ndarray, v: np.ndarray, scale: float, key: np.uint64) -> np.ndarray:
-    """Value noise in [-1, 1] on the pixel grid ``u`` (W,) × ``v`` (H,) µm -> float32 (H, W)."""
+    """Value noise in [-1, 1] on the pixel grid ``u`` (W,) × ``v`` (H,) µm -> float32 (H, W).
+
+    Only the lattice points next to a pixel are hashed, so the cost does not grow when the
+    noise is much finer than the pixels.
+    """
     fu, fv = u / scale, v / scale
     iu, iv = np.floor(fu), np.floor(fv)
     wx = _smooth(fu - iu).astype(np.float32)
     wy = _smooth(fv - iv).astype(np.float32)[:, None]
     iu, iv = iu.astype(np.int64), iv.astype(np.int64)
-    u0, v0 = int(iu.min()), int(iv.min())
-    nx, ny = int(iu.max()) - u0 + 2, int(iv.max()) - v0 + 2
-    lat = _lattice(key, u0, v0, nx, ny)
-    cx, cy = iu - u0, iv - v0
-    rows = lat[:, cx] * (1 - wx) + lat[:, cx + 1] * wx  # (ny, W)
-    return rows[cy] * (1 - wy) + rows[cy + 1] * wy
+    cols, cinv = np.unique(np.concatenate([iu, iu + 1]), return_inverse=True)
+    rows, rinv = np.unique(np.concatenate([iv, iv + 1]), return_inverse=True)
+    lat = (_unit(_hash2(key, cols[None, :], rows[:, None])) * 2 - 1).astype(np.float32)
+    cx0, cx1 = cinv[: iu.size], cinv[iu.size :]
+    cy0, cy1 = rinv[: iv.size], rinv[iv.size :]
+    r = lat[:, cx0] * (1 - wx) + lat[:, cx1] * wx  # (rows, W)
+    return r[cy0] * (1 - wy) + r[cy1] * wy
 
 
 def _lattice(key: np.uint64, u0: int, v0: int, nx: int, ny: int) -> np.ndarray:
@@ -221,10 +225,13 @@ def centre_stains(centre: int) -> tuple[np.ndarray, np.ndarray]:
     Ruifrok & Johnston reference with unit scales; other centres are perturbed deterministically.
 
     Example:
+        >>> from pathseg.transforms.stain import RUIFROK_HED
         >>> m, s = centre_stains(0)
         >>> bool(np.allclose(m, RUIFROK_HED)), s.tolist()
         (True, [1.0, 1.0, 1.0])
     """
+    from pathseg.transforms.stain import RUIFROK_HED  # here: pathseg.transforms imports pathseg.data
+
     if centre < 0:
         raise ConfigError(f"centre must be ≥ 0, got {centre}")
     if centre == 0:
@@ -257,6 +264,28 @@ _SHAPE = {
     _N_FIBRO: ((5.0, 7.2), (0.22, 0.35), 0.05, 1.15),
     _N_APOP: ((1.0, 2.2), (0.6, 1.0), 0.25, 1.90),
 }
+
+
+NUCLEI_MAX_MPP = 3.0
+"""Above this many µm per pixel nuclei are not drawn one by one: each pixel gets the area-mean
+light of its class's expected nucleus coverage, and ``instances``/``nuclei_type`` are 0."""
+
+
+def _expected_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Per tissue class: expected area fraction covered by nuclei, and their mean H amount."""
+    cov = np.zeros(len(CLASS_NAMES), np.float64)
+    dark = np.zeros(len(CLASS_NAMES), np.float64)
+    for layer, table in _ACCEPT.items():
+        cell = _LAYERS[layer][0]
+        for c, (t, p) in table.items():
+            (a0, a1), (q0, q1), _, d = _SHAPE[t]
+            area = np.pi * (a0 * a0 + a0 * a1 + a1 * a1) / 3 * (q0 + q1) / 2  # E[π a b]
+            f = p * area / (cell * cell)
+            prof = 0.925 if t == _N_TUMOUR else 1.0  # mean of the vesicular profile over a disc
+            cov[c] += f
+            dark[c] += f * d * prof
+    dark = np.where(cov > 0, dark / np.maximum(cov, 1e-9), 0.0)
+    return np.minimum(cov, 0.9).astype(np.float32), dark.astype(np.float32)
 
 
 def _fibre_angles(seed: int) -> tuple[float, float]:
@@ -389,6 +418,8 @@ def _draw_nuclei(u, v, mpp, seed, x0, y0, width, height, chrom):
     return ident.reshape(shape), kind.reshape(shape), amount.reshape(shape)
 
 
+_COVERAGE, _DARKNESS = _expected_nuclei()
+
 # ---------------------------------------------------------------------------------------------
 # rendering
 
@@ -439,6 +470,10 @@ def render_region(
         (H, W, 3): the amounts of H, E, residual (centre scale applied), so that
         ``image == round(255·exp(−concentrations @ centre_stains(centre)[0]))``.
 
+    Above ``NUCLEI_MAX_MPP`` (3 µm/px, pyramid levels and thumbnails) nuclei are smaller than a
+    pixel: each pixel then gets the area-mean light of its class's expected nucleus coverage,
+    ``instances`` and ``nuclei_type`` are all 0 and ``concentrations`` are those between nuclei.
+
     Example:
         >>> a = render_region(0, 0, 64, 32)["image"]
         >>> b = np.concatenate([render_region(0, 0, 32, 32)["image"], render_region(32, 0, 32, 32)["image"]], 1)
@@ -449,9 +484,12 @@ def render_region(
     u, v = _coords(x0, y0, width, height, mpp)
     cls, glass = _class_map(_noise_grid, u, v, seed)
 
-    t_mid = _noise_grid(u, v, 6.0, _key(seed, 31))
-    t_fine = _noise_grid(u, v, 2.0, _key(seed, 32))
-    chrom = _noise_grid(u, v, 0.9, _key(seed, 33))
+    def fade(scale: float) -> np.float32:  # texture finer than a pixel averages out
+        return np.float32(min(1.0, scale / mpp))
+
+    t_mid = _noise_grid(u, v, 6.0, _key(seed, 31)) * fade(6.0)
+    t_fine = _noise_grid(u, v, 2.0, _key(seed, 32)) * fade(2.0)
+    chrom = _noise_grid(u, v, 0.9, _key(seed, 33)) * fade(0.9)
     gx = np.arange(x0, x0 + width, dtype=np.int64)[None, :]
     gy = np.arange(y0, y0 + height, dtype=np.int64)[:, None]
     grain = (_unit(_hash2(_key(seed, 34), gx, gy)) - 0.5).astype(np.float32)
@@ -466,9 +504,10 @@ def render_region(
         warp = _noise_grid(u, v, 30.0, _key(seed, 35)).astype(np.float64)
         w = _fibre_weight(_noise_grid, u, v, seed)
         fib = np.zeros(cls.shape, np.float32)
+        contrast = 0.5 * float(np.clip(1.0 - (mpp - 1.0) / 1.5, 0.0, 1.0))  # fade 3.5 µm fibres before they alias
         for ang, wt in ((a1, w), (a2, 1.0 - w)):
             phase = (u[None, :] * np.cos(ang) + v[:, None] * np.sin(ang)) / 3.5 + 2.5 * warp
-            fib = fib + (wt * (0.5 + 0.5 * np.sin(2 * np.pi * np.mod(phase, 1.0)))).astype(np.float32)
+            fib = fib + (wt * (0.5 + contrast * np.sin(2 * np.pi * np.mod(phase, 1.0)))).astype(np.float32)
         c_e = np.where(stroma, c_e + np.float32(0.35) * fib, c_e)
     # necrosis: smudgy eosin and nuclear dust
     necro = cls == NECROSIS
@@ -488,18 +527,31 @@ def render_region(
             c_e[yy, xx] += np.float32(0.40) * memb
             c_h[yy, xx] += np.float32(0.05) * memb
 
-    ident, kind, amount = _draw_nuclei(u, v, mpp, seed, x0, y0, width, height, chrom)
-    nuc = kind > 0
-    c_h = np.where(nuc, amount + np.float32(0.5) * c_h, c_h)
-    c_e = np.where(nuc, np.float32(0.45) * c_e, c_e)
     c_r = np.float32(0.03) + np.float32(0.02) * grain
-
     matrix, scale = centre_stains(centre)
-    conc = np.stack([np.maximum(c_h, 0) * np.float32(scale[0]), np.maximum(c_e, 0) * np.float32(scale[1]),
-                     c_r * np.float32(scale[2])], axis=-1).astype(np.float32)
-    m32 = matrix.astype(np.float32)
-    od = conc[..., 0:1] * m32[0] + conc[..., 1:2] * m32[1] + conc[..., 2:3] * m32[2]
-    image = np.clip(np.rint(np.float32(255.0) * np.exp(-od)), 0, 255).astype(np.uint8)
+    m32, s32 = matrix.astype(np.float32), scale.astype(np.float32)
+
+    def concentrations(ch: np.ndarray, ce: np.ndarray) -> np.ndarray:
+        return np.stack([np.maximum(ch, 0) * s32[0], np.maximum(ce, 0) * s32[1], c_r * s32[2]], axis=-1)
+
+    def transmitted(conc: np.ndarray) -> np.ndarray:  # Beer–Lambert: exp(-OD), OD = C @ M
+        return np.exp(-(conc[..., 0:1] * m32[0] + conc[..., 1:2] * m32[1] + conc[..., 2:3] * m32[2]))
+
+    if mpp <= NUCLEI_MAX_MPP:
+        ident, kind, amount = _draw_nuclei(u, v, mpp, seed, x0, y0, width, height, chrom)
+        nuc = kind > 0
+        c_h = np.where(nuc, amount + np.float32(0.5) * c_h, c_h)
+        c_e = np.where(nuc, np.float32(0.45) * c_e, c_e)
+        conc = concentrations(c_h, c_e)
+        light = transmitted(conc)
+    else:  # nuclei below the pixel size: area-mean of nucleus and surrounding light
+        ident = np.zeros((height, width), np.int32)
+        kind = np.zeros((height, width), np.int64)
+        cov = _COVERAGE[cls][..., None]
+        conc = concentrations(c_h, c_e)
+        nuc_conc = concentrations(_DARKNESS[cls] + np.float32(0.5) * c_h, np.float32(0.45) * c_e)
+        light = cov * transmitted(nuc_conc) + (1 - cov) * transmitted(conc)
+    image = np.clip(np.rint(np.float32(255.0) * light), 0, 255).astype(np.uint8)
     out = {"image": image, "mask": cls.astype(np.int64), "instances": ident, "nuclei_type": kind}
     if return_concentrations:
         out["concentrations"] = conc
@@ -569,6 +621,7 @@ class SyntheticHE(SegmentationDataset):
         self.class_names = list(CLASS_NAMES) if task == "tissue" else ["background", "nucleus"]
         self.label_names = list(CLASS_NAMES) if task == "tissue" else NUCLEUS_TYPES[1:]
         self.ids = [f"synthetic-{split}-{i:04d}" for i in range(self.n_images)]
+        self.sources = [f"centre-{i % self.n_centres}" for i in range(self.n_images)]
         self._origins = [self._origin(i) for i in range(self.n_images)]
 
     def _origin(self, i: int) -> tuple[int, int]:
@@ -586,13 +639,21 @@ class SyntheticHE(SegmentationDataset):
                 break
         return x, y
 
+    def labels(self, i: int) -> np.ndarray:
+        """Image-level labels of image ``i`` without rendering its pixels (tissue task)."""
+        if self.task == "nuclei":
+            return self.load(i)["labels"]
+        x, y = self._origins[i]
+        mask = render_mask(x, y, self.size, self.size, seed=self.seed, mpp=self.mpp)
+        return np.isin(np.arange(len(CLASS_NAMES)), np.unique(mask)).astype(np.float32)
+
     def load(self, i: int) -> Sample:
         x, y = self._origins[i]
         centre = i % self.n_centres
         r = render_region(x, y, self.size, self.size, seed=self.seed, centre=centre, mpp=self.mpp)
         if self.task == "tissue":
             mask = r["mask"]
-            instances = _relabel(r["instances"])
+            instances = _relabel(r["instances"])  # nuclei come with the tissue task too
             labels = np.isin(np.arange(len(CLASS_NAMES)), np.unique(mask)).astype(np.float32)
         else:
             instances = _relabel(r["instances"])

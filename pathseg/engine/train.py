@@ -71,8 +71,19 @@ def build_method(cfg: Config, class_names: list[str], mpp: float | None) -> Meth
     )
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banners (GPU available, tips) out of the user's terminal."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Train as configured; returns {"out", "checkpoint", "metrics" (last validation), "seconds"}."""
+    quiet_lightning()
     set_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     out = Path(cfg.trainer.out)

@@ -115,9 +115,9 @@ class Method(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         res = self.val_metrics.compute()
-        scalar = {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, float) and k != "pixels"}
-        self.log_dict(scalar, prog_bar=False, sync_dist=True)
-        self.log("val/mIoU", res["mIoU"], prog_bar=True)
+        scalar = {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, float) and k not in ("pixels", "mIoU")}
+        self.log_dict(scalar, prog_bar=False)
+        self.log("val/mIoU", float(res["mIoU"]), prog_bar=True)
         self.history.append({"step": int(self.global_step), "epoch": int(self.current_epoch), **res})
 
     def configure_optimizers(self):
