@@ -1,0 +1,75 @@
+"""Config checking, overrides, and the poly learning-rate schedule against its formula."""
+
+import pytest
+import torch
+
+from pathseg.engine.config import load_config
+from pathseg.errors import ConfigError
+from pathseg.methods import METHODS
+from pathseg.models import create_model
+
+
+def test_overrides_use_dotted_paths_and_yaml_values(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {name: deeplabv3plus}\noptim: {lr: 0.1}\n")
+    cfg = load_config(f, ["optim.lr=0.001", "data.options={scale: 0.5}", "trainer.devices=2"])
+    assert cfg.model.name == "deeplabv3plus" and cfg.optim.lr == 0.001
+    assert cfg.data.options == {"scale": 0.5} and cfg.trainer.devices == 2
+
+
+def test_include_merges_shared_defaults(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.5, momentum: 0.8}\nmodel: {encoder: resnet34}\n")
+    (tmp_path / "exp.yaml").write_text("include: base.yaml\noptim: {lr: 0.1}\n")
+    cfg = load_config(tmp_path / "exp.yaml")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.model.encoder) == (0.1, 0.8, "resnet34")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1", "Did you mean 'lr'"),
+        ("trainr.seed=1", "Did you mean 'trainer'"),
+        ("trainer.max_steps=ten", "expected an integer"),
+        ("optim.lr=fast", "expected a number"),
+        ("trainer.resume=maybe", "expected true or false"),
+        ("nonsense", "expected key=value"),
+    ],
+)
+def test_bad_config_values_are_reported(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(f)
+
+
+def test_unknown_method_parameter_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown parameter 'foo'"):
+        METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"], foo=1)
+
+
+def test_poly_schedule_matches_formula():
+    method = METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"],
+                                       optim={"name": "sgd", "lr": 0.01, "poly_power": 0.9}, max_steps=100)
+    conf = method.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(101):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    for t in (0, 1, 50, 99, 100):
+        assert lrs[t] == pytest.approx(0.01 * (1 - t / 100) ** 0.9)
+
+
+def test_optimisers_by_name():
+    for name, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        m = METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"], optim={"name": name})
+        assert isinstance(m.configure_optimizers()["optimizer"], cls)
+    with pytest.raises(ConfigError, match="sgd, adam, adamw"):
+        METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"], optim={"name": "lbfgs"}).configure_optimizers()
