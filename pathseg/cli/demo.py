@@ -19,7 +19,7 @@ from pathseg.io.files import write_image, write_json, write_text
 def demo_config(out: Path, steps: int, seed: int):
     return load_config(None, [
         "data.dataset=synthetic",
-        "data.options={task: tissue, n_images: 48, size: 256}",
+        "data.options={task: tissue, n_images: 32, size: 256}",
         "data.train_transforms=[{name: random_crop, size: 192}, {name: flip}, {name: rotate90}]",
         "data.batch_size=8",
         "model.name=unet",
@@ -34,7 +34,7 @@ def demo_config(out: Path, steps: int, seed: int):
     ])
 
 
-def run_demo(out: Path, *, steps: int = 300, seed: int = 0, console=None) -> dict:
+def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dict:
     from pathseg.cli.main import metrics_markdown, metrics_table
     from pathseg.engine.predict_images import colorize, normalise, overlay
     from pathseg.engine.train import evaluate, train

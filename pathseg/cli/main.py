@@ -200,7 +200,7 @@ def splits(
 @friendly
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output folder"),
-    steps: int = typer.Option(300, help="training steps"),
+    steps: int = typer.Option(200, help="training steps"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train a small model on synthetic H&E for a few minutes on CPU, evaluate it, write a table and overlays."""

@@ -8,7 +8,7 @@ Example:
     >>> ds = DATASETS.get("monuseg")(split="test")  # doctest: +SKIP
 """
 
-from pathseg.data import bcss, folder, glas, monuseg, synth, wsss  # noqa: F401  (register the adapters)
+from pathseg.data import bcss, folder, glas, monuseg, patch_labels, patches, synth, wsss  # noqa: F401  (register the adapters)
 from pathseg.data.base import DATASETS, SegmentationDataset, shared_data_root
 from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 

@@ -300,6 +300,9 @@ class SegClsPatches(SegmentationDataset):
             classification patches, default Δ), min_foreground (0.75), saturation (0.1), opening_px.
         stain: ``"macenko"`` or ``None``; stain_reference: id of the reference image (default: the
             first training image).
+        seg_share: ``None`` (published: batches draw uniformly from the pooled patches, so their mix
+            follows the patch counts) or the expected share of segmentation patches in a batch, made by
+            repeating the scarcer kind of patch a whole number of times.
     """
 
     name = "segcls_patches"
@@ -330,6 +333,7 @@ class SegClsPatches(SegmentationDataset):
         opening_px: int = 5,
         stain: str | None = "macenko",
         stain_reference: str | None = None,
+        seg_share: float | None = None,
     ) -> None:
         if regime not in REGIMES:
             raise ConfigError(f"segcls_patches: regime must be one of {', '.join(REGIMES)}, got {regime!r}")
@@ -340,6 +344,8 @@ class SegClsPatches(SegmentationDataset):
                 f"segcls_patches: need patch_size >= 8, scale > 0 and 0 <= min_foreground <= 1; got "
                 f"{patch_size}, {scale}, {min_foreground}"
             )
+        if seg_share is not None and not 0 < seg_share < 1:
+            raise ConfigError(f"segcls_patches: seg_share must be in (0, 1) or null, got {seg_share}")
         if stain not in (None, "macenko", "none"):
             raise ConfigError(f"segcls_patches: stain must be 'macenko' or null, got {stain!r}")
         self.root = None  # type: ignore[assignment]
@@ -350,8 +356,8 @@ class SegClsPatches(SegmentationDataset):
         self.base = DATASETS.get(base)(split=base_split, **opts)
         self.class_names = list(self.base.class_names)
         self.label_classes = None if label_classes is None else [int(c) for c in label_classes]
-        self.min_foreground, self.saturation, self.opening_px = float(min_foreground), float(saturation), int(opening_px)
-        self.mpp: float | None = None
+        self.min_foreground, self.saturation = float(min_foreground), float(saturation)
+        self.opening_px = int(opening_px)
 
         key = (base, repr(sorted(opts.items())), base_split, float(scale))
         raw = _cached(key, lambda: self._load_all(float(scale)))
@@ -400,7 +406,7 @@ class SegClsPatches(SegmentationDataset):
                                 "set data.options.holdout (e.g. 6) or test_ids")
             self.items = [("image", sid, None, None) for sid in self.test_ids]
         else:
-            self.items = self._patches(images, image_class, int(cls_stride or patch_size))
+            self.items = _rebalance(self._patches(images, image_class, int(cls_stride or patch_size)), seg_share)
             if not self.items:
                 raise DataError(
                     f"segcls_patches: no patch of {patch_size} px has {min_foreground:.0%} foreground; lower "
@@ -504,10 +510,24 @@ class SegClsPatches(SegmentationDataset):
         return counts
 
     def summary(self) -> dict[str, Any]:
+        """Counts of images and (distinct) patches; ``seg_share`` = segmentation share of the draws."""
         kinds = self.kinds
         return {"regime": self.regime, "seg_images": len(self.seg_ids), "cls_images": len(self.cls_ids),
-                "test_images": len(self.test_ids), "seg_patches": kinds.count("seg"),
-                "cls_patches": kinds.count("cls"), "stain_reference": self.stain_reference}
+                "test_images": len(self.test_ids), "seg_patches": len({it for it in self.items if it[0] == "seg"}),
+                "cls_patches": len({it for it in self.items if it[0] == "cls"}),
+                "seg_share": round(kinds.count("seg") / max(1, len(kinds)), 3), "stain_reference": self.stain_reference}
+
+
+def _rebalance(items: list, seg_share: float | None) -> list:
+    """Repeat the segmentation or the classification patches so segmentation makes ~``seg_share`` of draws."""
+    seg = [it for it in items if it[0] == "seg"]
+    cls = [it for it in items if it[0] == "cls"]
+    if seg_share is None or not seg or not cls:
+        return items
+    r = seg_share * len(cls) / ((1 - seg_share) * len(seg))
+    if r >= 1:
+        return seg * int(round(r)) + cls
+    return seg + cls * max(1, int(round(1 / r)))
 
 
 def _check_ids(ids: list[str], valid: list[str], what: str) -> None:

@@ -127,6 +127,8 @@ def train(cfg: Config) -> dict[str, Any]:
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(method, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+        if not method.history:  # resumed a finished run: nothing was validated in this call
+            trainer.validate(method, dataloaders=val_loader, verbose=False)
     seconds = time.time() - t0
     final = save_model_checkpoint(out / "model.ckpt", method.model, val_ds.class_names, mpp=mpp,
                                   config=cfg.to_dict())

@@ -1,0 +1,128 @@
+"""The semi-supervised methods through the shared step: registration, warm-up switch, ablation by weights,
+gradients reaching every trained part. One small subclass per registered method (STYLE.md #8)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pathseg.errors import ConfigError
+from pathseg.methods import METHODS
+from pathseg.methods.semi import CAC, CCT, CRCFP, SemiMethod
+from pathseg.models import create_model
+
+SEMI = ["cct", "cac", "crcfp"]
+TERMS = {"cct": {"cross"}, "cac": {"cont"}, "crcfp": {"cont", "cross", "ent"}}
+
+
+def _method(name: str, **params) -> SemiMethod:
+    torch.manual_seed(0)
+    model = create_model("deeplabv3plus", encoder="resnet18", num_classes=2)
+    return METHODS.get(name)(model, class_names=["background", "nucleus"], max_steps=10, **params)
+
+
+def _batch(size: int = 64, unlabeled_size: int | None = None) -> dict:
+    g = torch.Generator().manual_seed(0)
+    u = unlabeled_size or size
+    return {
+        "labeled": {
+            "image": torch.rand(2, 3, size, size, generator=g),
+            "mask": torch.randint(0, 2, (2, size, size), generator=g),
+        },
+        "unlabeled": {"image": torch.rand(2, 3, u, u, generator=g)},
+    }
+
+
+def _at_step(m: SemiMethod, step: int) -> None:
+    m._trainer = SimpleNamespace(global_step=step)  # what Lightning's global_step property reads
+
+
+def _spy_views(m: SemiMethod) -> list[list[str]]:
+    seen: list[list[str]] = []
+    orig = m.decode_views
+
+    def spy(views):
+        seen.append(list(views))
+        return orig(views)
+
+    m.decode_views = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_registered_and_composed():
+    assert {"cct", "cac", "crcfp", "supervised"} <= set(METHODS.names())
+    assert issubclass(CRCFP, CAC) and issubclass(CRCFP, CCT)  # CRCFP is CAC + CCT (+ entropy)
+    assert all(METHODS.get(n).needs_unlabeled for n in SEMI)
+    assert {"weight_cont", "weight_cross", "weight_ent", "warmup_steps"} <= set(CRCFP.param_names())
+    assert "weight_cont" not in CCT.param_names() and "weight_cross" not in CAC.param_names()
+
+
+@pytest.mark.parametrize("name", SEMI)
+def test_losses_and_gradients(name):
+    m = _method(name)
+    out = m.training_losses(_batch())
+    assert {f"loss/{t}" for t in TERMS[name]} | {"loss", "loss/sup"} <= set(out)
+    assert all(torch.isfinite(v) for v in out.values())
+    w = {"cont": m.weight_cont, "cross": m.weight_cross, "ent": m.weight_ent}
+    want = out["loss/sup"] + sum(w[t] * out[f"loss/{t}"] for t in TERMS[name])
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    out["loss"].backward()
+    assert m.model.encoder.conv1.weight.grad.abs().sum() > 0
+    if "cross" in TERMS[name]:
+        assert all(h.weight.grad is not None for h in m.cross.aux.heads.values())
+    if "cont" in TERMS[name]:
+        assert len(m.cont.bank) > 0  # negatives pushed into the bank
+
+
+def test_crcfp_defaults_are_the_papers_weights():
+    m = _method("crcfp")
+    assert (m.weight_cont, m.weight_cross, m.weight_ent) == (0.1, 0.01, 0.01)
+    c = m.cont
+    assert (c.temperature, c.confidence, c.overlap) == (0.1, 0.75, (0.1, 1.0))
+    assert len(m.cross.aux.heads) == 3 and m.cross.aux.draws == 4
+
+
+def test_warmup_uses_only_the_supervised_loss():
+    m = _method("crcfp", warmup_steps=3)
+    seen = _spy_views(m)
+    _at_step(m, 2)
+    out = m.training_losses(_batch())
+    assert seen[-1] == ["labeled"]  # the unlabelled batch is not even encoded
+    assert out["loss"].item() == pytest.approx(out["loss/sup"].item())
+    assert out["loss/cont"].item() == out["loss/cross"].item() == out["loss/ent"].item() == 0.0
+    _at_step(m, 3)
+    out = m.training_losses(_batch())
+    assert seen[-1] == ["labeled", "unlabeled", "crop1", "crop2"]
+    assert out["loss"].item() != pytest.approx(out["loss/sup"].item())
+
+
+@pytest.mark.parametrize(
+    "weights,terms,views",
+    [
+        ({"weight_cont": 0, "weight_ent": 0, "weight_cross": 0}, set(), ["labeled"]),  # Sup only
+        ({"weight_ent": 0, "weight_cross": 0}, {"cont"}, ["labeled", "crop1", "crop2"]),  # + cont
+        ({"weight_cross": 0}, {"cont", "ent"}, ["labeled", "unlabeled", "crop1", "crop2"]),  # + cont + ent
+    ],
+)
+def test_ablation_schemes_by_configuration(weights, terms, views):
+    m = _method("crcfp", **weights)
+    seen = _spy_views(m)
+    out = m.training_losses(_batch())
+    assert {k.split("/")[1] for k in out if k.startswith("loss/")} - {"sup"} == terms
+    assert seen[-1] == views
+    assert (m.cont is None) == ("cont" not in terms) and (m.cross is None) == ("cross" not in terms)
+
+
+def test_unlabeled_images_of_another_size_are_decoded_separately():
+    m = _method("crcfp")
+    out = m.training_losses(_batch(64, unlabeled_size=96))  # crops are resized to the labelled size
+    assert torch.isfinite(out["loss"])
+
+
+def test_unknown_parameter_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="weight_cont"):
+        _method("crcfp", weight_contt=0.1)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        _method("cct", warmup_steps=-1)
