@@ -172,7 +172,8 @@ def markdown(rows: list[dict[str, Any]], step_time: dict[str, Any] | None, args:
 
     for (frac, method) in sorted(groups, key=lambda k: (k[0] == 1.0, k[0], order.index(k[1]) if k[1] in order else 99)):
         rs = groups[(frac, method)]
-        label = str(Fraction(frac).limit_denominator(64))
+        f = Fraction(frac).limit_denominator(64)
+        label = f"{f.numerator}/{f.denominator}"
         name = method + (" (ceiling)" if frac == 1.0 else "")
         vals = [cell([r["metrics"][k] for r in rs], 2 if k == "step_seconds" else 4) for k in keys]
         lines.append(f"| {name} | {label} | " + " | ".join(vals) + f" | {len(rs)} |")

@@ -7,3 +7,5 @@ __all__ = ["METHODS", "Method"]
 from pathseg.methods import semi  # noqa: F401
 from pathseg.methods import weak  # noqa: F401
 from pathseg.methods import segcls  # noqa: F401
+from pathseg.methods import ssl  # noqa: F401
+from pathseg.methods import distill  # noqa: F401

@@ -152,3 +152,25 @@ def test_stitcher_recovers_from_a_crash_between_checkpoints(tmp_path):
     np.testing.assert_allclose(st2.probs[:], want, atol=1e-6)
     np.testing.assert_array_equal(st2.labels[:], want.argmax(0))
     assert st2.class_counts().sum() == W * H
+
+
+def test_coarser_output_probability_maps_and_level0_polygons(synth, tmp_path):
+    """Output at 1 µm/px on a 0.5 µm/px slide: GeoJSON is in level-0 px (2 per map px); probability pyramids."""
+    from pathseg.io.slides import open_slide
+
+    path, _, backend, _ = synth
+    rec = run(backend, path, tmp_path, mpp=1.0, overlap=0.0, probabilities=True, keep_zarr=False)
+    labels = read_level0(rec["outputs"]["labels"])
+    assert labels.shape == (512, 512) and rec["output_mpp"] == 1.0
+    gj = json.loads(Path(rec["outputs"]["geojson"]).read_text())
+    xs = [x for f in gj["features"] for x, _ in f["geometry"]["coordinates"][0]]
+    assert max(xs) > 1000  # level-0 coordinates, not map pixels
+    back = rasterize_features(gj["features"], ["background", "tissue"], labels.shape, scale=2.0)
+    iou = ((back == 1) & (labels == 1)).sum() / ((back == 1) | (labels == 1)).sum()
+    assert iou >= 0.99, iou
+    p_bg, p_t = (read_level0(rec["outputs"][f"prob-{n}"]).astype(int) for n in ("background", "tissue"))
+    assert np.abs(p_bg + p_t - 255).max() <= 1
+    clear = p_t != p_bg  # argmax of the stored (rounded) probabilities, ties aside
+    np.testing.assert_array_equal((labels == 1)[clear], (p_t > p_bg)[clear])
+    with open_slide(rec["outputs"]["prob-tissue"]) as s:
+        assert s.mpp == pytest.approx(1.0)

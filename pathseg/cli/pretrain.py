@@ -1,0 +1,34 @@
+"""``pathseg pretrain``: self-supervised encoder pretraining on unlabelled slides and images (SimSiam, DSF-WSI).
+
+    pathseg pretrain -c configs/ssl/dsf.yaml trainer.max_steps=2000
+    pathseg train -c configs/monuseg_supervised.yaml model.weights=runs/ssl/dsf/encoder.safetensors
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    from pathseg.cli.main import console, friendly
+
+    @app.command("pretrain")
+    @friendly
+    def pretrain(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/ssl/)"),
+        overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. trainer.max_steps=100"),
+    ) -> None:
+        """Pretrain an encoder without labels and write encoder.safetensors + encoder.json; rerun to resume."""
+        import pathseg.methods  # noqa: F401  (registers the methods)
+        from pathseg.engine.config import load_config
+        from pathseg.methods.ssl.pretrain import pretrain as run_pretrain
+
+        cfg = load_config(config, overrides)
+        res = run_pretrain(cfg)
+        for branch, path in res["paths"].items():
+            console.print(f"{branch}: {path}")
+        console.print(f"use with: pathseg train ... model.encoder={cfg.model.encoder} model.weights={res['weights']}"
+                      f"  ({res['seconds']:.0f} s)")

@@ -1,0 +1,123 @@
+"""``pretrain(cfg)``: self-supervised pretraining from a run configuration, then the encoder export.
+
+The configuration is pathseg's ordinary :class:`pathseg.engine.config.Config` (so ``key=value``
+overrides work), read this way:
+
+    data.options.sources       slides / images / folders ({path, mpp}) -- see pathseg.methods.ssl.data
+    data.options.pair          PairSpec fields: context_size, context_mpp, target_size, target_mpp, per_side,
+                               min_tissue (per_side 4 = 16 targets per context at 4:1; 2 = 4 at 2:1)
+    data.options.augment       colour transforms (default: SimSiam's); data.options.crop_scale
+    data.batch_size, data.workers
+    model.encoder              the registered encoder to pretrain (model.weights: optional start point)
+    method.name                simsiam | dsf;  method.params: their parameters
+    optim.*                    Adam, lr 1e-3 in the paper (poly_power 0 keeps it constant)
+    trainer.max_steps, trainer.seed, trainer.threads, trainer.out, trainer.val_every (checkpoint interval)
+
+Writes into ``trainer.out``: config.yaml, checkpoints/last.ckpt (run again to resume), encoder.safetensors
+(+ context_encoder.safetensors for dsf) and encoder.json (see :mod:`pathseg.methods.ssl.export`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pathseg.engine.config import Config
+from pathseg.errors import ConfigError
+
+SSL_METHODS = ("simsiam", "dsf")
+
+
+def build_pretrain_method(cfg: Config):
+    """The configured SSL method over a fresh model of ``model.encoder`` (targets_per_context from the pair spec)."""
+    from pathseg.methods import METHODS
+    from pathseg.models import create_model
+
+    if cfg.method.name not in SSL_METHODS:
+        raise ConfigError(f"method.name: pretraining needs one of {', '.join(SSL_METHODS)}, got {cfg.method.name!r}")
+    cls = METHODS.get(cfg.method.name)
+    params = dict(cfg.method.params)
+    per_side = int(cfg.data.options.get("pair", {}).get("per_side", 2))
+    if "targets_per_context" in cls.param_names():
+        params.setdefault("targets_per_context", per_side * per_side)
+    model = create_model("unet", encoder=cfg.model.encoder, num_classes=2, weights=cfg.model.weights)
+    return cls(model, class_names=["background", "tissue"], optim=dict(vars(cfg.optim)), max_steps=cfg.trainer.max_steps,
+               channels_last=cfg.trainer.channels_last, **params)
+
+
+def build_pretrain_loader(cfg: Config):
+    from torch.utils.data import DataLoader
+
+    from pathseg.methods.ssl.data import UnlabeledPairs
+
+    opts = dict(cfg.data.options)
+    unknown = set(opts) - {"sources", "pair", "augment", "crop_scale", "tissue"}
+    if unknown:
+        raise ConfigError(f"data.options: unknown pretraining option(s) {sorted(unknown)}; valid: sources, pair, "
+                          "augment, crop_scale, tissue")
+    if not opts.get("sources"):
+        raise ConfigError("data.options.sources: name the unlabelled slides/images, e.g. "
+                          "data.options.sources=[../shared/data/slides]")
+    ds = UnlabeledPairs(opts["sources"], opts.get("pair", {}), length=cfg.trainer.max_steps * cfg.data.batch_size,
+                        augment=opts.get("augment"), crop_scale=tuple(opts.get("crop_scale", (0.2, 1.0))),
+                        tissue=opts.get("tissue", "saturation"))
+    loader = DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.workers,
+                        drop_last=True, persistent_workers=cfg.data.workers > 0)
+    return loader, ds
+
+
+def pretrain(cfg: Config) -> dict[str, Any]:
+    """Pretrain as configured and export; returns {"out", "weights" (target), "record", "paths", "seconds"}."""
+    import lightning as L
+
+    from pathseg.engine.train import quiet_lightning, set_threads
+    from pathseg.io.files import write_text
+    from pathseg.methods.ssl.export import export_encoders
+
+    quiet_lightning()
+    set_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    out = Path(cfg.trainer.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    method = build_pretrain_method(cfg)
+    loader, ds = build_pretrain_loader(cfg)
+    ckpt_dir = out / "checkpoints"
+    trainer = L.Trainer(
+        max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision, limit_val_batches=0, num_sanity_val_steps=0,
+        log_every_n_steps=cfg.trainer.log_every,
+        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs", version=""),
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, monitor=None,
+                                                       every_n_train_steps=max(1, cfg.trainer.val_every))],
+        enable_progress_bar=cfg.trainer.progress, enable_model_summary=False, default_root_dir=str(out),
+    )
+    resume = ckpt_dir / "last.ckpt"
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", ".*val_dataloader.*")
+        trainer.fit(method, train_dataloaders=loader,
+                    ckpt_path=str(resume) if cfg.trainer.resume and resume.exists() else None)
+    seconds = time.time() - t0
+    record = {
+        "params": {k: v for k, v in cfg.method.params.items()},
+        "steps": int(trainer.global_step),
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.trainer.seed,
+        "optim": dict(vars(cfg.optim)),
+        "trained_on": ds.record(),
+        "labels_used": False,
+        "seconds": round(seconds, 1),
+        "config": cfg.to_dict(),
+    }
+    paths = export_encoders(method, out, record)
+    torch.set_grad_enabled(True)
+    return {"out": str(out), "weights": str(paths["target"]), "record": str(paths["record"]),
+            "paths": {k: str(v) for k, v in paths.items()}, "seconds": seconds}
