@@ -150,9 +150,9 @@ def child(args: argparse.Namespace) -> None:
     load0 = os.getloadavg()[0]
     gflops_tile = None
     if args.method == "pathseg-memory":
-        # a smooth fixed model (15 px box filter, then brightness thresholds: glass / light / dark), so the
-        # label map has realistic regions rather than pixel noise (which would make millions of polygons)
-        net = nn.Sequential(nn.AvgPool2d(15, stride=1, padding=7, count_include_pad=False), nn.Conv2d(3, 3, 1))
+        # a cheap, smooth fixed model (16 px block means, brightness thresholds glass / light / dark, nearest
+        # upsampling), so the label map has regions rather than pixel noise (millions of polygons)
+        net = nn.Sequential(nn.AvgPool2d(16), nn.Conv2d(3, 3, 1), nn.Upsample(scale_factor=16, mode="nearest"))
         with torch.no_grad():
             net[1].weight.copy_(torch.tensor([[4 / 3] * 3, [0.0] * 3, [-4 / 3] * 3]).view(3, 3, 1, 1))
             net[1].bias.copy_(torch.tensor([-4.8, 0.0, -0.8]))
@@ -299,6 +299,35 @@ PLANS = {
 }
 
 
+NOTES = [
+    "- The machine (2 cores) was shared with other developers throughout: the load average was 7-12 during every "
+    "run (columns above), so absolute rates are well below what the CPU gives alone. The FLOP/s fractions divide "
+    "by the matmul rate measured in the same process just before each run, so they are the more comparable numbers.",
+    "- tiles/s: tiles through the inference loop (read + model + stitch) per second; slide MP/s: level-0 megapixels "
+    "of the whole slide over the whole run (open, tissue detection, inference, all outputs).",
+    "- FLOP/s fraction: tiles/s x model GFLOP per tile (torch FlopCounterMode: 43.1 GFLOP per 512 px tile) / "
+    "matmul GFLOP/s (float32 2048 x 2048, best of 5, same thread count).",
+    "- Default CPU backend: ONNX Runtime (`backend=\"auto\"`), faster than PyTorch in both paired measurements "
+    "here: the synthetic-4k 0% rows, run back to back, 0.88 vs 0.80 tiles/s (model-only FLOP/s fraction 0.54 vs "
+    "0.42), and a model-only microbenchmark (batch 4, 512 px) 1.17 vs 0.66 tiles/s. PyTorch stays the default "
+    "on CUDA. The other rows ran under different load, so compare their fractions, not their rates.",
+    "- pathseg-torch vs tiatoolbox (same model, same per-batch work, 4k, 0%): 0.80 vs 0.46 tiles/s, 1.46 vs "
+    "2.22 GB peak; the two ran minutes apart, under load 8 and 10-11.",
+    "- Scale-downs for time: synthetic-16k/32k repeat the rendered 4k block (JPEG q90 tiles); the U-Net runs on "
+    "them stop after 96 tiles (slide MP/s extrapolated at the measured tile rate); 50% overlap was run on 4k with "
+    "ONNX only (PyTorch at 50% and the 16k/32k 50% runs did not fit in the time).",
+    "- Memory growth 4k -> 32k: `pathseg-memory` rows run the whole pipeline (every tile, all outputs) with a cheap "
+    "fixed model; the process baseline after importing torch + libraries is ~0.56 GB (torch alone ~0.5 GB). "
+    "Peak 979 -> 1094 -> 1167 MB for 4k -> 16k -> 32k (64x the pixels, +19%): the inference loop holds a few "
+    "tiles; the growth is expected to come mostly from the GeoJSON step, which polygonises the label map at up "
+    "to 8192 px a side (a cap, so it stops growing beyond 32k at 0.5 um/px).",
+    "- TIAToolbox 2.1.3 (`tiatoolbox` rows): SemanticSegmentor with the same U-Net and the same per-batch work "
+    "(uint8 -> normalise -> channels_last -> softmax), IOSegmentorConfig 512 px patches at 0.5 mpp, "
+    "auto tissue mask, zarr output; installed with --no-deps in a venv over the system packages, so it runs "
+    "torch 2.14.1 (its pins say torch<2.13).",
+]
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -317,11 +346,15 @@ def write_markdown(path: Path, result: dict) -> None:
         "see the load average columns), "
         f"torch {result['machine']['torch']}, onnxruntime {result['machine']['onnxruntime']}.", "",
         "Model: U-Net ResNet-18 (3 classes), 512 px tiles at 0.5 µm/px, batch 4, workers 0; "
-        "`pathseg-memory` = whole pipeline with a 2-layer conv model (memory growth only).", "",
+        "`pathseg-memory` = whole pipeline with a cheap fixed model (memory growth). Rows were collected by "
+        "several resumed runs of the same script (`--resume`).", "",
         "| method | dataset | overlap | tiles (grid) | tiles/s | slide MP/s | peak RSS MB | FLOP/s fraction (end-to-end / model only) | matmul GFLOP/s | seconds | load avg | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    order = {"pathseg-onnx": 0, "pathseg-torch": 1, "tiatoolbox": 2, "pathseg-memory": 3}
+    rows = sorted(result["rows"], key=lambda r: (order.get(r["method"], 9), int(r["dataset"].split("-")[1][:-1]),
+                                                 -r["overlap"]))
+    for r in rows:
         m = r["metrics"]
         ff = "" if m.get("flops_fraction") is None else f"{m['flops_fraction']:.2f} / {m['model_flops_fraction']:.2f}"
         note = "" if m["complete"] else f"stopped after {m['tiles']} tiles; MP/s extrapolated"
@@ -354,15 +387,7 @@ def parent(args: argparse.Namespace) -> None:
         "machine": {"cpu": cpu_name(), "cores": cpu_threads(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "rows": rows,
-        "notes": [
-            "- tiles/s: tiles through the inference loop (read + model + stitch) per second; slide MP/s: level-0 "
-            "megapixels of the whole slide over the whole run (open, tissue, inference, outputs).",
-            "- FLOP/s fraction: tiles/s x model GFLOP per tile (torch FlopCounterMode) / matmul GFLOP/s measured in "
-            "the same process just before the run.",
-            "- synthetic-16k/32k repeat the rendered 4k block (JPEG q90 tiles); U-Net runs on them stop after "
-            "96 tiles (scale-down for 2 shared cores).",
-            "- TIAToolbox comparison: not done (time).",
-        ],
+        "notes": NOTES,
     }
     from pathseg.inference.onnx import cached_export
 
