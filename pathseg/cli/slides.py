@@ -13,12 +13,11 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -151,18 +150,6 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float
 # commands
 # ------------------------------------------------------------------------------------------------
 
-def _friendly(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PathsegError as e:
-            console.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(2)
-
-    return wrapper
-
-
 def tissue_mask_command(
     slides: list[Path] = typer.Argument(..., help="slides or folders of slides"),
     out: Path = typer.Option(..., "--out", help="output folder for <stem>.tissue.png"),
@@ -263,6 +250,8 @@ def export_onnx_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``tissue-mask``, ``tile`` and ``export-onnx`` to the pathseg app."""
-    app.command("tissue-mask")(_friendly(tissue_mask_command))
-    app.command("tile")(_friendly(tile_command))
-    app.command("export-onnx")(_friendly(export_onnx_command))
+    from pathseg.cli.main import friendly  # imported here: main imports this module
+
+    app.command("tissue-mask")(friendly(tissue_mask_command))
+    app.command("tile")(friendly(tile_command))
+    app.command("export-onnx")(friendly(export_onnx_command))

@@ -26,6 +26,7 @@ def model_info(model: SegModel, class_names: list[str], *, mpp: float | None = N
     return {
         "model": model.name,
         "encoder": model.encoder_name,
+        "options": dict(getattr(model, "build_options", {})),
         "num_classes": model.num_classes,
         "class_names": list(class_names),
         "colors": colors or default_colors(len(class_names)),
@@ -59,7 +60,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         info = (ckpt.get("hyper_parameters") or {}).get("pathseg")
     if info is None:
         raise DataError(f"{path}: not a pathseg checkpoint (no 'pathseg' entry); train with `pathseg train`")
-    model = create_model(info["model"], encoder=info["encoder"], num_classes=info["num_classes"])
+    model = create_model(info["model"], encoder=info["encoder"], num_classes=info["num_classes"],
+                         **info.get("options", {}))
     state = ckpt["state_dict"]
     if any(k.startswith("model.") for k in state):  # Lightning: the method holds the model as .model
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}

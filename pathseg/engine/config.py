@@ -47,6 +47,7 @@ class ModelConfig:
     name: str = "unet"
     encoder: str = "resnet18"
     weights: str | None = None  # None, "imagenet" (online) or a local file
+    options: dict[str, Any] = field(default_factory=dict)  # extra arguments of the model builder (widths, ...)
 
 
 @dataclass
@@ -92,7 +93,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_FREE_FORM = {("data", "options"), ("method", "params")}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

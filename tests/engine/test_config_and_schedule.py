@@ -73,3 +73,17 @@ def test_optimisers_by_name():
         assert isinstance(m.configure_optimizers()["optimizer"], cls)
     with pytest.raises(ConfigError, match="sgd, adam, adamw"):
         METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"], optim={"name": "lbfgs"}).configure_optimizers()
+
+
+def test_model_options_reach_the_builder_and_the_checkpoint(tmp_path):
+    from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+    from pathseg.engine.train import build_method
+
+    cfg = load_config(None, ["model.options={decoder_channels: [64, 32, 16, 16, 8]}"])
+    method = build_method(cfg, ["a", "b"], mpp=0.5)
+    assert method.model.feature_channels == 8
+    save_model_checkpoint(tmp_path / "m.ckpt", method.model, ["a", "b"], mpp=0.5)
+    model, info = load_model(tmp_path / "m.ckpt")
+    assert info["options"] == {"decoder_channels": [64, 32, 16, 16, 8]}
+    for a, b in zip(model.state_dict().values(), method.model.state_dict().values()):
+        assert torch.equal(a, b)
