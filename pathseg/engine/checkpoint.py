@@ -60,6 +60,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         info = (ckpt.get("hyper_parameters") or {}).get("pathseg")
     if info is None:
         raise DataError(f"{path}: not a pathseg checkpoint (no 'pathseg' entry); train with `pathseg train`")
+    import pathseg.methods  # noqa: F401  (methods register their own model families, e.g. unet_tconv)
+
     model = create_model(info["model"], encoder=info["encoder"], num_classes=info["num_classes"],
                          **info.get("options", {}))
     state = ckpt["state_dict"]

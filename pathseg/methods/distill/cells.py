@@ -562,6 +562,7 @@ def run_distill(
         if fpath.exists() and key in metrics:
             continue
         pick = pool[balanced_subset(bank.expert[pool], n, classes=range(k), seed=cfg.seed + n)]
+        t0 = time.time()
         best: tuple[float, Any, dict[str, Any]] | None = None
         for lr in fc.lr:
             for p in fc.dropout:
@@ -580,5 +581,5 @@ def run_distill(
         assert best is not None
         _save_classifier(fpath, best[1], cfg.student.model, names, size=size, scale=cfg.scale,
                          options=cfg.student.options, **best[2])
-        record(key, best[1], {"train_cells": int(pick.size), "per_class": n, **best[2]})
+        record(key, best[1], {"train_cells": int(pick.size), "per_class": n, "seconds": time.time() - t0, **best[2]})
     return metrics

@@ -46,7 +46,6 @@ def label_instances(
         2
     """
     import cv2
-    from scipy import ndimage as ndi
 
     if connectivity not in (4, 8):
         raise ConfigError(f"label_instances: connectivity must be 4 or 8, got {connectivity}")
