@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import load_rows, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +32,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/bench_monuseg_supervised")
+    ap.add_argument("--out", default=None, help="run folder (default: runs/bench_monuseg_supervised_<steps>)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
     from pathseg.engine.config import load_config
     from pathseg.engine.train import evaluate, train
 
+    args.out = args.out or f"runs/bench_monuseg_supervised_{args.steps}"
     cfg = load_config(ROOT / "configs/monuseg_supervised.yaml", [
         f"trainer.max_steps={args.steps}", f"trainer.seed={args.seed}", f"trainer.out={args.out}",
         "trainer.resume=false", *args.overrides,
@@ -57,15 +58,21 @@ def main() -> None:
         "steps": args.steps,
     }
     scale = "U-Net/ResNet-18 from scratch, images at 0.5 scale, 256 px crops, batch 8, Adam 2e-3 poly"
+    # one row per (seed, steps): re-running a setting replaces its row, other settings are kept
+    rows = [r for r in load_rows("monuseg_supervised") if (r["seed"], r.get("steps")) != (args.seed, args.steps)]
+    rows = sorted(rows + [row], key=lambda r: (r.get("steps", 0), r["seed"]))
     md = (
         "# MoNuSeg 2018 supervised baseline (30 train / 14 test images)\n\n"
-        f"Scale-down: {scale}; {args.steps} steps on this CPU.\n\n"
-        "| method | fraction | mIoU | Dice | accuracy | nucleus IoU | train wall s | train CPU s |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-        f"| SupOnly | 1/1 | {m['mIoU']:.4f} | {m['Dice']:.4f} | {m['accuracy']:.4f} | {m['IoU/nucleus']:.4f} "
-        f"| {train_s:.0f} | {cpu_s:.0f} |\n"
+        f"Scale-down: {scale}. 2-class means (background, nucleus) on the 14 official test images.\n"
+        "Train CPU s counts all threads of the process; wall time is longer when the machine is shared.\n\n"
+        "| method | fraction | steps | seed | mIoU | Dice | accuracy | nucleus IoU | train wall s | train CPU s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    path = write_results("monuseg_supervised", [row], md, scale_down=scale)
+    for r in rows:
+        x = r["metrics"]
+        md += (f"| {r['method']} | 1/1 | {r.get('steps')} | {r['seed']} | {x['mIoU']:.4f} | {x['Dice']:.4f} "
+               f"| {x['accuracy']:.4f} | {x['IoU/nucleus']:.4f} | {r['seconds']:.0f} | {r.get('cpu_seconds', 0):.0f} |\n")
+    path = write_results("monuseg_supervised", rows, md, scale_down=scale)
     print(md)
     print(f"results: {path}; checkpoint: {res['checkpoint']}")
 

@@ -152,6 +152,26 @@ def _class_name(props: dict[str, Any] | None) -> str | None:
     return None
 
 
+def geojson_features(path: Path, *, what: str = "GeoJSON file", hint: str = "re-export it") -> list[Any]:
+    """The Feature dicts of a GeoJSON file: a FeatureCollection, a list of Features (older QuPath),
+    one Feature, or a bare geometry (wrapped as a Feature). Raises DataError naming the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found; {hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid GeoJSON ({e}); re-export it") from e
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return data.get("features") or []
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    if isinstance(data, dict) and "coordinates" in data:
+        return [{"type": "Feature", "geometry": data, "properties": {}}]
+    raise DataError(f"{path}: expected a GeoJSON FeatureCollection or a list of Features")
+
+
 def read_geojson(path: str | os.PathLike) -> list[tuple[Any, str | None]]:
     """Read polygonal features from a GeoJSON file (QuPath export or any FeatureCollection).
 
@@ -174,23 +194,7 @@ def read_geojson(path: str | os.PathLike) -> list[tuple[Any, str | None]]:
     from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, shape
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: GeoJSON file not found; export annotations from QuPath (File > Export objects)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid GeoJSON ({e}); re-export it") from e
-
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        items = data.get("features") or []
-    elif isinstance(data, list):
-        items = data
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        items = [data]
-    elif isinstance(data, dict) and "coordinates" in data:
-        items = [{"type": "Feature", "geometry": data, "properties": {}}]
-    else:
-        raise DataError(f"{path}: expected a GeoJSON FeatureCollection or a list of Features")
+    items = geojson_features(path, what="GeoJSON file", hint="export annotations from QuPath (File > Export objects)")
 
     out: list[tuple[Any, str | None]] = []
     for n, feat in enumerate(items):

@@ -26,7 +26,6 @@ Export (:func:`cells_to_features`): one QuPath ``detection`` per nucleus, the nu
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Sequence
@@ -67,24 +66,11 @@ def read_cells(path: str | os.PathLike, *, downsample: float = 1.0) -> list[Cell
     from shapely import affinity
     from shapely.geometry import shape
 
-    from pathseg.io.annotations import _class_name
+    from pathseg.io.annotations import _class_name, geojson_features
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: cell annotations not found; export them from QuPath (File > Export objects as "
-                        "GeoJSON, detections or cells)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid GeoJSON ({e}); re-export it from QuPath") from e
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        items = data.get("features") or []
-    elif isinstance(data, list):
-        items = data
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        items = [data]
-    else:
-        raise DataError(f"{path}: expected a GeoJSON FeatureCollection or a list of Features (QuPath export)")
+    items = geojson_features(path, what="cell annotations",
+                             hint="export them from QuPath (File > Export objects as GeoJSON, detections or cells)")
     cells: list[Cell] = []
     for n, feat in enumerate(items):
         if not isinstance(feat, dict):
