@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -150,6 +150,21 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float
 # commands
 # ------------------------------------------------------------------------------------------------
 
+def _each_slide(slides: list[Path], title: str, work: Callable[[Path], dict[str, Any]]) -> None:
+    """Run ``work`` on every slide; one failure is recorded and the rest still run; summary table; exit 1 on failure."""
+    rows = []
+    for path in expand_slides(slides):
+        t = time.perf_counter()
+        try:
+            rows.append({"slide": str(path), "status": "done", **work(path),
+                         "timings": {"total_s": time.perf_counter() - t}})
+        except Exception as e:
+            rows.append(_failure(path, e))
+    console.print(_summary_table(rows, title))
+    if any(r.get("status") == "failed" for r in rows):
+        raise typer.Exit(1)
+
+
 def tissue_mask_command(
     slides: list[Path] = typer.Argument(..., help="slides or folders of slides"),
     out: Path = typer.Option(..., "--out", help="output folder for <stem>.tissue.png"),
@@ -164,23 +179,16 @@ def tissue_mask_command(
     from pathseg.io.tissue import detect_tissue
 
     out = check_writable(out)
-    rows, failed = [], 0
-    for path in expand_slides(slides):
-        t = time.perf_counter()
-        try:
-            with open_slide(path, mpp_override=slide_mpp) as s:
-                tm = detect_tissue(s, method, mpp=mask_mpp)
-            write_image(out / f"{path.stem}.tissue.png", tm.mask.astype("uint8") * 255)
-            write_json(out / f"{path.stem}.tissue.json", {"slide": str(path), "method": method, "mask_mpp": tm.mpp,
-                                                          "level0_px_per_mask_px": tm.scale, "fraction": tm.fraction})
-            rows.append({"slide": str(path), "status": "done", "warnings": [f"tissue {tm.fraction:.1%}"],
-                         "timings": {"total_s": time.perf_counter() - t}})
-        except Exception as e:
-            failed += 1
-            rows.append(_failure(path, e))
-    console.print(_summary_table(rows, f"tissue masks in {out}"))
-    if failed:
-        raise typer.Exit(1)
+
+    def work(path: Path) -> dict[str, Any]:
+        with open_slide(path, mpp_override=slide_mpp) as s:
+            tm = detect_tissue(s, method, mpp=mask_mpp)
+        write_image(out / f"{path.stem}.tissue.png", tm.mask.astype("uint8") * 255)
+        write_json(out / f"{path.stem}.tissue.json", {"slide": str(path), "method": method, "mask_mpp": tm.mpp,
+                                                      "level0_px_per_mask_px": tm.scale, "fraction": tm.fraction})
+        return {"warnings": [f"tissue {tm.fraction:.1%}"]}
+
+    _each_slide(slides, f"tissue masks in {out}", work)
 
 
 def tile_command(
@@ -208,31 +216,24 @@ def tile_command(
         raise typer.BadParameter("--format must be png or jpg")
     cfg = TilingConfig(tile=tile, overlap=overlap, mpp=mpp, min_tissue=min_tissue)
     out = check_writable(out)
-    rows, failed = [], 0
-    for path in expand_slides(slides):
-        t = time.perf_counter()
-        try:
-            with open_slide(path, mpp_override=slide_mpp) as s:
-                tiles = grid_tiles(s, cfg, tissue=detect_tissue(s, method))
-                if limit is not None:
-                    tiles = tiles[:limit]
-                folder = out / path.stem
-                buf = io.StringIO()
-                w = csv.writer(buf, lineterminator="\n")
-                w.writerow(["file", "x0", "y0", "level0_size", "mpp", "tile"])
-                for tl in tiles:
-                    name = f"{path.stem}_x{int(round(tl.x0))}_y{int(round(tl.y0))}.{fmt}"
-                    write_image(folder / name, s.read_region(tl.x0, tl.y0, tile, tile, mpp=mpp))
-                    w.writerow([name, f"{tl.x0:.1f}", f"{tl.y0:.1f}", f"{tile * mpp / s.mpp:.1f}", mpp, tile])
-                write_text(folder / "tiles.csv", buf.getvalue())
-            rows.append({"slide": str(path), "status": "done", "tiles": len(tiles),
-                         "timings": {"total_s": time.perf_counter() - t}})
-        except Exception as e:
-            failed += 1
-            rows.append(_failure(path, e))
-    console.print(_summary_table(rows, f"tiles in {out}"))
-    if failed:
-        raise typer.Exit(1)
+
+    def work(path: Path) -> dict[str, Any]:
+        with open_slide(path, mpp_override=slide_mpp) as s:
+            tiles = grid_tiles(s, cfg, tissue=detect_tissue(s, method))
+            if limit is not None:
+                tiles = tiles[:limit]
+            folder = out / path.stem
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["file", "x0", "y0", "level0_size", "mpp", "tile"])
+            for tl in tiles:
+                name = f"{path.stem}_x{int(round(tl.x0))}_y{int(round(tl.y0))}.{fmt}"
+                write_image(folder / name, s.read_region(tl.x0, tl.y0, tile, tile, mpp=mpp))
+                w.writerow([name, f"{tl.x0:.1f}", f"{tl.y0:.1f}", f"{tile * mpp / s.mpp:.1f}", mpp, tile])
+            write_text(folder / "tiles.csv", buf.getvalue())
+        return {"tiles": len(tiles)}
+
+    _each_slide(slides, f"tiles in {out}", work)
 
 
 def export_onnx_command(

@@ -83,14 +83,20 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train as configured; returns {"out", "checkpoint", "metrics" (last validation), "seconds"}."""
+def prepare_run(cfg: Config) -> Path:
+    """What every run does first: quiet logs, threads, seed, the output folder and its resolved config.yaml."""
     quiet_lightning()
     set_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     out = Path(cfg.trainer.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return out
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train as configured; returns {"out", "checkpoint", "metrics" (last validation), "seconds"}."""
+    out = prepare_run(cfg)
 
     method_cls = METHODS.get(cfg.method.name)
     train_loader = build_train_loaders(cfg, with_unlabeled=method_cls.needs_unlabeled)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from pathseg.engine.config import Config
 from pathseg.errors import ConfigError
@@ -75,16 +74,10 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     """Pretrain as configured and export; returns {"out", "weights" (target), "record", "paths", "seconds"}."""
     import lightning as L
 
-    from pathseg.engine.train import quiet_lightning, set_threads
-    from pathseg.io.files import write_text
+    from pathseg.engine.train import prepare_run
     from pathseg.methods.ssl.export import export_encoders
 
-    quiet_lightning()
-    set_threads(cfg.trainer.threads)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    out = Path(cfg.trainer.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    out = prepare_run(cfg)
     method = build_pretrain_method(cfg)
     loader, ds = build_pretrain_loader(cfg)
     ckpt_dir = out / "checkpoints"
