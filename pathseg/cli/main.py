@@ -58,13 +58,22 @@ def metrics_markdown(rows: dict[str, dict[str, Any]], keys: tuple[str, ...] = ("
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.001"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="devices per node (trainer.devices): N or auto"),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="nodes (trainer.num_nodes)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="trainer.strategy, e.g. ddp"),
 ) -> None:
-    """Train a model as configured; running the same command again resumes."""
+    """Train a model as configured; running the same command again resumes (on any number of devices).
+
+    Data-parallel: data.batch_size is per device; torchrun and SLURM launches work as Lightning documents.
+    """
     from pathseg.engine.config import load_config
     from pathseg.engine.train import train as run_train
 
-    cfg = load_config(config, overrides)
+    flags = {"trainer.devices": devices, "trainer.num_nodes": num_nodes, "trainer.strategy": strategy}
+    cfg = load_config(config, list(overrides or []) + [f"{k}={v}" for k, v in flags.items() if v is not None])
     res = run_train(cfg)
+    if res.get("rank", 0) != 0:  # data-parallel: rank 0 reports
+        return
     console.print(metrics_table({"validation": res["metrics"]}))
     console.print(f"model: {res['checkpoint']}  ({res['seconds']:.0f} s)")
 

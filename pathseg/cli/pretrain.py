@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(config, overrides)
         res = run_pretrain(cfg)
+        if res.get("rank", 0) != 0:  # data-parallel: rank 0 reports
+            return
         for branch, path in res["paths"].items():
             console.print(f"{branch}: {path}")
         console.print(f"use with: pathseg train ... model.encoder={cfg.model.encoder} model.weights={res['weights']}"

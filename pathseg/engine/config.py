@@ -73,7 +73,10 @@ class TrainerConfig:
     out: str = "runs/default"
     threads: int | None = None  # torch threads; None = all cores
     accelerator: str = "auto"  # cpu | cuda | auto
-    devices: int | str = 1
+    devices: int | str = 1  # per node; data.batch_size is per device
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ... (Lightning's names)
+    sync_batchnorm: bool | None = None  # None = the method's choice (semi-supervised and SSL methods: yes)
     precision: str = "32-true"
     channels_last: bool = True
     resume: bool = True  # continue from out/checkpoints/last.ckpt when present

@@ -1,7 +1,10 @@
 """From a config to DataLoaders: dataset adapters -> paired transforms -> tensors.
 
 Training loaders sample with replacement, so one loop "epoch" is ``trainer.val_every`` steps whatever
-the dataset size; validation runs on whole images, one at a time (sizes differ).
+the dataset size; validation runs on whole images, one at a time (sizes differ). Each training sample
+carries its own augmentation seed (:class:`~pathseg.engine.distributed.GlobalBatchSampler`), so a run
+is the same whatever the number of loader workers or data-parallel processes; ``data.batch_size`` is
+per process (global batch = batch_size × devices × nodes).
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from pathseg.data.base import DATASETS, SegmentationDataset
 from pathseg.data.sample import collate
 from pathseg.engine.config import Config
+from pathseg.engine.distributed import GlobalBatchSampler, ShardSampler
 from pathseg.errors import DataError
 
 
@@ -49,14 +53,18 @@ class TensorView(Dataset):
             self._cache[i] = dict(self.dataset[i])
         return dict(self._cache[i])
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """``item``: an index, or ``(index, augmentation seed)`` from :class:`GlobalBatchSampler`."""
         from pathseg.transforms import to_tensor
 
+        i, seed = item if isinstance(item, tuple) else (item, None)
         s = self._sample(i)
         if not self.keep_mask:
             s["mask"] = None
         if self.transforms is not None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            rng = np.random.default_rng(seed)
             s = self.transforms(s, rng)
         t = to_tensor(s)
         out = {k: v for k, v in t.items() if torch.is_tensor(v)}
@@ -66,11 +74,11 @@ class TensorView(Dataset):
         return out
 
 
-def _loader(ds: Dataset, batch: int, workers: int, num_samples: int) -> DataLoader:
+def _loader(ds: Dataset, batch: int, workers: int, sampler: GlobalBatchSampler) -> DataLoader:
     return DataLoader(
         ds,
         batch_size=batch,
-        sampler=RandomSampler(ds, replacement=True, num_samples=num_samples),
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         drop_last=True,
@@ -90,8 +98,11 @@ def split_labeled(cfg: Config, train: SegmentationDataset) -> tuple[Segmentation
     return labeled, unlabeled
 
 
-def build_train_loaders(cfg: Config, *, with_unlabeled: bool) -> Any:
-    """The training loader: labelled batches, or ``{"labeled", "unlabeled"}`` pairs for semi-supervised methods."""
+def build_train_loaders(cfg: Config, *, with_unlabeled: bool, rank: int = 0, world_size: int = 1) -> Any:
+    """The training loader: labelled batches, or ``{"labeled", "unlabeled"}`` pairs for semi-supervised methods.
+
+    ``rank``/``world_size``: this process's slice of every global batch under data-parallel training.
+    """
     from pathseg.transforms import build_transforms
 
     d = cfg.data
@@ -100,8 +111,12 @@ def build_train_loaders(cfg: Config, *, with_unlabeled: bool) -> Any:
     if len(labeled) == 0:
         raise DataError(f"{cfg.data.dataset}: the labelled training split is empty; check data.split_file")
     steps = max(1, cfg.trainer.val_every)
+    def sampler(n: int, batch: int, stream: int) -> GlobalBatchSampler:
+        return GlobalBatchSampler(n, batch, steps, seed=cfg.trainer.seed, stream=stream, rank=rank,
+                                  world_size=world_size)
+
     sup = _loader(TensorView(labeled, build_transforms(d.train_transforms), cache=d.cache), d.batch_size, d.workers,
-                  steps * d.batch_size)
+                  sampler(len(labeled), d.batch_size, 0))
     if not with_unlabeled:
         return sup
     if unlabeled is None or len(unlabeled) == 0:
@@ -111,15 +126,18 @@ def build_train_loaders(cfg: Config, *, with_unlabeled: bool) -> Any:
         )
     tf = build_transforms(d.unlabeled_transforms if d.unlabeled_transforms is not None else d.train_transforms)
     unsup = _loader(TensorView(unlabeled, tf, keep_mask=False, cache=d.cache), d.unlabeled_batch_size, d.workers,
-                    steps * d.unlabeled_batch_size)
+                    sampler(len(unlabeled), d.unlabeled_batch_size, 1))
     from lightning.pytorch.utilities import CombinedLoader
 
     return CombinedLoader({"labeled": sup, "unlabeled": unsup}, mode="max_size_cycle")
 
 
-def build_val_loader(cfg: Config, split: str | None = None) -> tuple[DataLoader, SegmentationDataset]:
+def build_val_loader(cfg: Config, split: str | None = None, *, rank: int = 0,
+                     world_size: int = 1) -> tuple[DataLoader, SegmentationDataset]:
+    """Whole images one at a time; under data-parallel training each rank scores its own shard."""
     ds = build_dataset(cfg, split or cfg.data.val_split)
     if len(ds) == 0:
         raise DataError(f"{cfg.data.dataset}: split {split or cfg.data.val_split!r} is empty")
     view = TensorView(ds, None, cache=cfg.data.cache)
-    return DataLoader(view, batch_size=1, shuffle=False, num_workers=0, collate_fn=collate), ds
+    return DataLoader(view, batch_size=1, sampler=ShardSampler(len(ds), rank, world_size), num_workers=0,
+                      collate_fn=collate), ds

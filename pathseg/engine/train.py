@@ -5,6 +5,10 @@
     checkpoints/last.ckpt  Lightning checkpoint (resume: run the same command again)
     model.ckpt             the final model for `pathseg predict` / `evaluate`
     metrics.csv, metrics.json  one row per validation ("epoch" = trainer.val_every steps)
+
+Data-parallel training (``trainer.devices``, ``trainer.num_nodes``, ``trainer.strategy=ddp``) is
+Lightning's; what the methods' own state needs is in :mod:`pathseg.engine.distributed`. Every file
+above is written by global rank 0 only, and a run resumes on any number of devices.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import yaml
 
 from pathseg.engine.checkpoint import load_model, save_model_checkpoint
 from pathseg.engine.config import Config
-from pathseg.engine.data import build_train_loaders, build_val_loader, build_dataset
+from pathseg.engine.data import build_dataset, build_train_loaders, build_val_loader
+from pathseg.engine.distributed import AllReduceBatchNormSync
 from pathseg.io.files import write_json, write_text
 from pathseg.metrics import SegmentationMetrics
 from pathseg.methods import METHODS, Method
@@ -85,13 +90,56 @@ def quiet_lightning() -> None:
 
 def prepare_run(cfg: Config) -> Path:
     """What every run does first: quiet logs, threads, seed, the output folder and its resolved config.yaml."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     quiet_lightning()
     set_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     out = Path(cfg.trainer.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if rank_zero_only.rank == 0:
+        write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return out
+
+
+def trainer_options(cfg: Config, method_cls: type[Method], out: Path) -> dict[str, Any]:
+    """The ``L.Trainer`` arguments every run shares: devices, nodes, strategy, batch-norm sync, logging.
+
+    Batch norm is synchronised across processes when ``trainer.sync_batchnorm`` says so, or by default
+    when the method needs it (``Method.sync_batchnorm``): PyTorch's SyncBatchNorm on GPUs,
+    :class:`~pathseg.engine.distributed.AllReduceBatchNorm` on CPU processes.
+    """
+    t = cfg.trainer
+    sync = method_cls.sync_batchnorm if t.sync_batchnorm is None else bool(t.sync_batchnorm)
+    opts: dict[str, Any] = dict(
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
+        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs", version=""), enable_progress_bar=t.progress,
+        enable_model_summary=False, default_root_dir=str(out),
+    )
+    if t.strategy == "ddp" and method_cls.ddp_find_unused_parameters:
+        opts["strategy"] = "ddp_find_unused_parameters_true"
+    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if sync and on_gpu:
+        opts["sync_batchnorm"] = True
+    elif sync:
+        opts["plugins"] = [AllReduceBatchNormSync()]
+    return opts
+
+
+class TrainData(L.LightningDataModule):
+    """The run's loaders, built in each process once Lightning knows its rank and the world size."""
+
+    def __init__(self, cfg: Config, with_unlabeled: bool) -> None:
+        super().__init__()
+        self.cfg, self.with_unlabeled = cfg, with_unlabeled
+
+    def train_dataloader(self) -> Any:
+        return build_train_loaders(self.cfg, with_unlabeled=self.with_unlabeled, rank=self.trainer.global_rank,
+                                   world_size=self.trainer.world_size)
+
+    def val_dataloader(self) -> Any:
+        return build_val_loader(self.cfg, rank=self.trainer.global_rank, world_size=self.trainer.world_size)[0]
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -99,49 +147,38 @@ def train(cfg: Config) -> dict[str, Any]:
     out = prepare_run(cfg)
 
     method_cls = METHODS.get(cfg.method.name)
-    train_loader = build_train_loaders(cfg, with_unlabeled=method_cls.needs_unlabeled)
-    val_loader, val_ds = build_val_loader(cfg)
+    val_ds = build_dataset(cfg, cfg.data.val_split)
     mpp = _dataset_mpp(val_ds)
     method = build_method(cfg, val_ds.class_names, mpp)
+    data = TrainData(cfg, method_cls.needs_unlabeled)
 
     ckpt_dir = out / "checkpoints"
     callbacks: list[L.Callback] = [
         L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True,
                                             every_n_train_steps=cfg.trainer.val_every, save_top_k=1,
-                                            monitor=None),
+                                            monitor=None, auto_insert_metric_name=False),
         MetricsWriter(out),
     ]
     if cfg.trainer.progress:
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every)))
-    trainer = L.Trainer(
-        max_steps=cfg.trainer.max_steps,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision,
-        check_val_every_n_epoch=1,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.trainer.log_every,
-        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs", version=""),
-        callbacks=callbacks,
-        enable_progress_bar=cfg.trainer.progress,
-        enable_model_summary=False,
-        default_root_dir=str(out),
-        deterministic=False,
-    )
+    trainer = L.Trainer(**trainer_options(cfg, method_cls, out), check_val_every_n_epoch=1, callbacks=callbacks,
+                        deterministic=False, use_distributed_sampler=False)
     resume = ckpt_dir / "last.ckpt"
     ckpt_path = str(resume) if cfg.trainer.resume and resume.exists() else None
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-        trainer.fit(method, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+        trainer.fit(method, datamodule=data, ckpt_path=ckpt_path)
         if not method.history:  # resumed a finished run: nothing was validated in this call
-            trainer.validate(method, dataloaders=val_loader, verbose=False)
+            trainer.validate(method, datamodule=data, verbose=False)
     seconds = time.time() - t0
-    final = save_model_checkpoint(out / "model.ckpt", method.model, val_ds.class_names, mpp=mpp,
-                                  config=cfg.to_dict())
+    final = out / "model.ckpt"
+    if trainer.is_global_zero:
+        save_model_checkpoint(final, method.model, val_ds.class_names, mpp=mpp, config=cfg.to_dict())
     last = method.history[-1] if method.history else {}
-    return {"out": str(out), "checkpoint": str(final), "metrics": last, "seconds": seconds}
+    return {"out": str(out), "checkpoint": str(final), "metrics": last, "seconds": seconds,
+            "rank": trainer.global_rank, "world_size": trainer.world_size}
 
 
 def evaluate(checkpoint: str | Path, cfg: Config, split: str | None = None) -> dict[str, Any]:

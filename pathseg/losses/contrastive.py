@@ -109,9 +109,13 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Append the newest features; under data-parallel training those of every rank, in rank order."""
+        from pathseg.engine.distributed import all_gather_cat
+
+        features, labels = all_gather_cat(features), all_gather_cat(labels)
         if self.size == 0 or features.shape[0] == 0:
             return
-        features, labels = features.detach()[-self.size:], labels.detach()[-self.size:]
+        features, labels = features[-self.size:], labels[-self.size:]
         m = features.shape[0]
         slots = (self.ptr + torch.arange(m, device=self.features.device)) % self.size
         self.features[slots] = features.to(self.features.dtype)

@@ -28,6 +28,11 @@ METHODS: Registry = Registry("method")
 
 class Method(L.LightningModule):
     needs_unlabeled: bool = False
+    # synchronise batch-norm statistics across data-parallel processes unless trainer.sync_batchnorm says otherwise
+    sync_batchnorm: bool = False
+    # parameters a step may leave unused (heads off during a warm-up, one batch kind per step): DDP must look
+    # for them; a method whose every step uses every parameter sets False and saves that graph walk
+    ddp_find_unused_parameters: bool = True
 
     def __init__(
         self,
@@ -99,8 +104,10 @@ class Method(L.LightningModule):
         losses = self.training_losses(batch)
         bs = _batch_size(batch)
         logged = {f"train/{k}": v.detach() for k, v in losses.items() if torch.is_tensor(v)}
-        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=bs)
-        self.log("loss", losses["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=bs)
+        # sync_dist: under DDP the logged curve is the mean over ranks, i.e. the loss of the global batch
+        self.log_dict(logged, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False,
+                 batch_size=bs, sync_dist=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, on_step=True, batch_size=bs)
         return losses["loss"]
 
@@ -114,6 +121,9 @@ class Method(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        from pathseg.engine.distributed import all_reduce_sum
+
+        self.val_metrics.cm = all_reduce_sum(self.val_metrics.cm)  # one confusion matrix over every rank's shard
         res = self.val_metrics.compute()
         scalar = {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, float) and k not in ("pixels", "mIoU")}
         self.log_dict(scalar, prog_bar=False)

@@ -11,6 +11,8 @@ from pathseg.methods.base import METHODS, Method
 
 @METHODS.register("supervised")
 class Supervised(Method):
+    ddp_find_unused_parameters = False  # every step uses the whole model
+
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         sup = self.supervised_loss(self(batch["image"]), batch["mask"])
         return {"loss": sup, "loss/sup": sup}

@@ -38,6 +38,7 @@ class SemiMethod(Method):
     """Base of the semi-supervised methods: supervised step, warm-up, and the weighted unsupervised terms."""
 
     needs_unlabeled = True
+    sync_batchnorm = True  # labelled, unlabelled and crop views share batch-norm statistics (CAC), on every rank
     weight_cont: float = 0.0
     weight_cross: float = 0.0
     weight_ent: float = 0.0

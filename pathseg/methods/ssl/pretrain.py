@@ -74,7 +74,7 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     """Pretrain as configured and export; returns {"out", "weights" (target), "record", "paths", "seconds"}."""
     import lightning as L
 
-    from pathseg.engine.train import prepare_run
+    from pathseg.engine.train import prepare_run, trainer_options
     from pathseg.methods.ssl.export import export_encoders
 
     out = prepare_run(cfg)
@@ -82,13 +82,9 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     loader, ds = build_pretrain_loader(cfg)
     ckpt_dir = out / "checkpoints"
     trainer = L.Trainer(
-        max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision, limit_val_batches=0, num_sanity_val_steps=0,
-        log_every_n_steps=cfg.trainer.log_every,
-        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs", version=""),
+        **trainer_options(cfg, type(method), out), limit_val_batches=0,
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, monitor=None,
                                                        every_n_train_steps=max(1, cfg.trainer.val_every))],
-        enable_progress_bar=cfg.trainer.progress, enable_model_summary=False, default_root_dir=str(out),
     )
     resume = ckpt_dir / "last.ckpt"
     t0 = time.time()
@@ -110,6 +106,9 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "config": cfg.to_dict(),
     }
+    torch.set_grad_enabled(True)
+    if not trainer.is_global_zero:  # data-parallel: rank 0 exports
+        return {"out": str(out), "rank": trainer.global_rank, "seconds": seconds}
     paths = export_encoders(method, out, record)
     torch.set_grad_enabled(True)
     return {"out": str(out), "weights": str(paths["target"]), "record": str(paths["record"]),

@@ -80,6 +80,8 @@ def pooled_stages(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 class SSLMethod(Method):
     """Shared pieces of the pretraining methods: the model's encoder is the (target) branch to export."""
 
+    sync_batchnorm = True  # SimSiam's projector and predictor normalise over the whole (global) batch
+
     #: names of extra encoders to export beside ``model.encoder`` (``{"context": module}``)
     def extra_encoders(self) -> dict[str, nn.Module]:
         return {}
