@@ -3,7 +3,7 @@
 
     nice -n 10 python benchmarks/nuclei_distill.py [--part nuclei|cells|all] [--out runs/bench/nuclei_distill]
 
-Scale-down (stated again in the results file): see SCALE below. Resumable: every finished row is
+Scale-down (stated again in the results file): see scale_text() below. Resumable: every finished row is
 kept in runs/bench/nuclei_distill/rows.json and skipped when the command runs again; the cell
 distillation steps resume from their model files.
 """
@@ -22,31 +22,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write_results  # noqa: E402
 
-NUCLEI = dict(scale=0.5, patch=256, steps=60, batch=2, lr=1e-3, synth_images=4)
+NUCLEI = dict(scale=0.5, patch=256, steps=60, batch=2, lr=1e-3, synth_images=4, threads=1)
 NUCLEI_MPP = 0.5
 CELLS = dict(train_images=28, expert_images=10, test_images=12, size=256, patch=32, max_train=1500,
              weak_rates=(0.15, 0.30), teacher_epochs=3, student_epochs=6, counts=(25, 100), ft_lr=(1e-4, 1e-3),
              ft_dropout=(0.5,), ft_epochs=12, expert_only_epochs=30)
-SCALE = (
-    "CPU scale-down (2 shared cores, 1 torch thread, nice 10). Nuclei: MoNuSeg at 0.5 scale (~0.5 µm/px) with "
-    f"{NUCLEI['patch']} px non-overlapping tiles (= the paper's 512 px at full resolution), plus {NUCLEI['synth_images']} "
-    f"synthetic 256 px nuclei images; {NUCLEI['steps']} Adam steps of batch {NUCLEI['batch']} (lr {NUCLEI['lr']} with "
-    "poly decay instead of the published constant 1e-4, picked for the very short schedule, not compared; "
-    "a plain loop over the method's loss, no Lightning validation), "
-    "ResNet-18 encoder from scratch (no ImageNet weights offline), dropout 0.3, Dice loss, no Macenko; scored on "
-    "the 14 MoNuSeg test images at 0.5 scale, pixel metrics of the nucleus class over all test pixels. "
-    f"Cells: synthetic tissue (render_region), 3 classes (tumour, lymphocyte, fibroblast) on reference nuclei "
-    f"instances (phase I is measured separately), 32 px patches at full resolution; {CELLS['max_train']} training "
-    f"cells from {CELLS['train_images']} images, expert pool from {CELLS['expert_images']} other images, "
-    f"test cells from {CELLS['test_images']} test-split images; weak labels = truth with "
-    f"{', '.join(str(r) for r in CELLS['weak_rates'])} of labels changed by class confusion (fibroblast<->tumour "
-    f"mostly); teacher ResNet-18 (3x3 stride-1 stem, stem max-pool kept for CPU) {CELLS['teacher_epochs']} epochs, "
-    f"student RCCNet {CELLS['student_epochs']} epochs on the teacher's hard labels, fine-tuning at "
-    f"{', '.join(map(str, CELLS['counts']))} expert cells per class (paper: 100-1900) over lr "
-    f"{CELLS['ft_lr']} x dropout {CELLS['ft_dropout']}, {CELLS['ft_epochs']} epochs, grid point chosen on held-out "
-    f"expert cells; weak-direct = RCCNet on the weak labels, {CELLS['student_epochs']} epochs; expert-only = RCCNet "
-    f"from scratch on the same expert cells, {CELLS['expert_only_epochs']} epochs. One seed."
-)
+def scale_text() -> str:
+    return (
+        f"CPU scale-down (2 shared cores, {NUCLEI['threads']} torch thread(s)). Nuclei: MoNuSeg at 0.5 scale (~0.5 µm/px) with "
+        f"{NUCLEI['patch']} px non-overlapping tiles (= the paper's 512 px at full resolution), plus {NUCLEI['synth_images']} "
+        f"synthetic 256 px nuclei images; {NUCLEI['steps']} Adam steps of batch {NUCLEI['batch']} (lr {NUCLEI['lr']} with "
+        "poly decay instead of the published constant 1e-4, picked for the very short schedule, not compared; "
+        "a plain loop over the method's loss, no Lightning validation), "
+        "ResNet-18 encoder from scratch (no ImageNet weights offline), dropout 0.3, Dice loss, no Macenko; scored on "
+        "the 14 MoNuSeg test images at 0.5 scale, pixel metrics of the nucleus class over all test pixels. "
+        f"Cells: synthetic tissue (render_region), 3 classes (tumour, lymphocyte, fibroblast) on reference nuclei "
+        f"instances (phase I is measured separately), 32 px patches at full resolution; {CELLS['max_train']} training "
+        f"cells from {CELLS['train_images']} images, expert pool from {CELLS['expert_images']} other images, "
+        f"test cells from {CELLS['test_images']} test-split images; weak labels = truth with "
+        f"{', '.join(str(r) for r in CELLS['weak_rates'])} of labels changed by class confusion (fibroblast<->tumour "
+        f"mostly); teacher ResNet-18 (3x3 stride-1 stem, stem max-pool kept for CPU) {CELLS['teacher_epochs']} epochs, "
+        f"student RCCNet {CELLS['student_epochs']} epochs on the teacher's hard labels, fine-tuning at "
+        f"{', '.join(map(str, CELLS['counts']))} expert cells per class (paper: 100-1900) over lr "
+        f"{CELLS['ft_lr']} x dropout {CELLS['ft_dropout']}, {CELLS['ft_epochs']} epochs, grid point chosen on held-out "
+        f"expert cells; weak-direct = RCCNet on the weak labels, {CELLS['student_epochs']} epochs; expert-only = RCCNet "
+        f"from scratch on the same expert cells, {CELLS['expert_only_epochs']} epochs. One seed."
+    )
 FINDINGS = """## Nuclei
 
 * U-Net after 60 steps of batch 2 from scratch: recall 0.95 at precision 0.45, i.e. it over-segments (dark
@@ -110,14 +111,15 @@ def nuclei_part(out: Path, rows: list[dict], models: tuple[str, ...] = ("unet", 
         if have(rows, name, "monuseg", 1.0) or name not in models:
             continue
         t0 = time.time()
-        run = out / f"nuclei_{model}"
+        run = out / f"nuclei_{model}_{NUCLEI['steps']}x{NUCLEI['batch']}"
         sources = ("[{dataset: monuseg, options: {scale: %s}}, {dataset: synthetic, options: {task: nuclei, "
                    "n_images: %d, size: 256}}]" % (NUCLEI["scale"], NUCLEI["synth_images"]))
         cfg = load_config("configs/distill/nuclei_unet.yaml", [
             f"model.name={model}", f"data.options.sources={sources}", f"data.options.patch={NUCLEI['patch']}",
             "data.train_transforms=[{name: flip}, {name: rotate90}]", f"data.batch_size={NUCLEI['batch']}",
             f"optim.lr={NUCLEI['lr']}", "optim.poly_power=0.9", f"trainer.max_steps={NUCLEI['steps']}",
-            f"trainer.val_every={NUCLEI['steps']}", "trainer.threads=1", "trainer.channels_last=false",
+            f"trainer.val_every={NUCLEI['steps']}", f"trainer.threads={NUCLEI['threads']}",
+            "trainer.channels_last=false",
             f"trainer.out={run}",
         ])
         ckpt = run / "model.ckpt"
@@ -264,7 +266,7 @@ def cells_part(out: Path, rows: list[dict]) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["# Nuclei segmentation and cell classification by distillation (Háberová et al.)", "", SCALE, "",
+    lines = ["# Nuclei segmentation and cell classification by distillation (Háberová et al.)", "", scale_text(), "",
              "## Nuclei segmentation, MoNuSeg test (layout of the paper's Table 2)", "",
              "| model | Dice | IoU | precision | recall | accuracy | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -292,11 +294,19 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/nuclei_distill")
     ap.add_argument("--models", default="unet,unet++", help="nuclei models to run (comma-separated)")
     ap.add_argument("--merge", nargs="*", default=[], help="other --out folders whose rows join the results")
+    ap.add_argument("--steps", type=int, default=NUCLEI["steps"], help="nuclei: training steps")
+    ap.add_argument("--batch", type=int, default=NUCLEI["batch"], help="nuclei: batch size")
+    ap.add_argument("--threads", type=int, default=NUCLEI["threads"], help="torch threads")
+    ap.add_argument("--redo", action="store_true", help="nuclei: drop the finished nuclei rows of --models first")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    NUCLEI.update(steps=args.steps, batch=args.batch, threads=args.threads)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(out)
+    if args.redo:
+        rows = [r for r in rows if not (r["dataset"] == "monuseg" and r["method"] in args.models.split(","))]
+        save_rows(out, rows)
     if args.part in ("cells", "all"):
         cells_part(out, rows)
     if args.part in ("nuclei", "all"):
@@ -306,7 +316,7 @@ def main() -> None:
         rows += [r for r in load_rows(Path(extra)) if not have(rows, r["method"], r["dataset"], r["fraction"])]
     order = {"unet": 0, "unet++": 1}
     rows.sort(key=lambda r: (r["dataset"] != "monuseg", r["dataset"], order.get(r["method"], 2)))
-    write_results("nuclei_distill", rows, markdown(rows), scale_down=SCALE)
+    write_results("nuclei_distill", rows, markdown(rows), scale_down=scale_text())
 
 
 if __name__ == "__main__":

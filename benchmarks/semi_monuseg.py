@@ -45,6 +45,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _override(args: argparse.Namespace, key: str, default: object) -> str:
+    """The value a ``key=value`` override gives every row, else the recipe's default (for the table text)."""
+    vals = [o.split("=", 1)[1] for o in args.overrides if o.startswith(key + "=")]
+    return vals[-1] if vals else str(default)
+
+
 def _fraction(s: str) -> Fraction:
     return Fraction(s.replace("-", "/"))
 
@@ -159,7 +165,8 @@ def markdown(rows: list[dict[str, Any]], step_time: dict[str, Any] | None, args:
     lines = [
         "# Semi-supervised segmentation on MoNuSeg 2018 (CRCFP Table 2 setting, CPU scale-down)\n",
         f"Recipe: {BASE.relative_to(ROOT)} (U-Net/ResNet-18 from scratch), images at scale {args.scale}, "
-        f"{args.crop} px crops, {args.steps} steps, batch 8 labelled + 8 unlabelled, L_sup only for the first "
+        f"{args.crop} px crops, {args.steps} steps, batch {_override(args, 'data.batch_size', 8)} labelled + "
+        f"{_override(args, 'data.unlabeled_batch_size', 8)} unlabelled, L_sup only for the first "
         f"{args.warmup:.0%} of the steps. Test: the 14 official test images. mean (std) over seeds.\n",
         "| Method | Labelled | mIoU | Dice | Accuracy | s / step | seeds |",
         "|---|---|---|---|---|---|---|",

@@ -26,7 +26,7 @@ def model_info(model: SegModel, class_names: list[str], *, mpp: float | None = N
     return {
         "model": model.name,
         "encoder": model.encoder_name,
-        "options": dict(getattr(model, "build_options", {})),
+        "options": rebuild_options(model),
         "num_classes": model.num_classes,
         "class_names": list(class_names),
         "colors": colors or default_colors(len(class_names)),
@@ -35,6 +35,16 @@ def model_info(model: SegModel, class_names: list[str], *, mpp: float | None = N
         "std": list(IMAGENET_STD),
         **extra,
     }
+
+
+def rebuild_options(model: SegModel) -> dict[str, Any]:
+    """The builder options saved with a model (``model.build_options``), less those that only initialise it.
+
+    A model lists in ``init_only_options`` the options that name weight files read when it is first built
+    (HookNet: ``context_weights``); the state dict holds those weights, so a checkpoint loads without them.
+    """
+    skip = set(getattr(model, "init_only_options", ()))
+    return {k: v for k, v in dict(getattr(model, "build_options", {})).items() if k not in skip}
 
 
 def save_model_checkpoint(path: str | Path, model: SegModel, class_names: list[str], *, mpp: float | None = None,

@@ -40,6 +40,7 @@ class DataConfig:
     unlabeled_batch_size: int = 8
     workers: int = 0
     cache: bool = True  # keep decoded images in memory (small datasets)
+    context: dict[str, Any] | None = None  # {ratio: r[, size: T]}: concentric target/context training pairs (HookNet)
 
 
 @dataclass

@@ -115,8 +115,13 @@ def build_train_loaders(cfg: Config, *, with_unlabeled: bool, rank: int = 0, wor
         return GlobalBatchSampler(n, batch, steps, seed=cfg.trainer.seed, stream=stream, rank=rank,
                                   world_size=world_size)
 
-    sup = _loader(TensorView(labeled, build_transforms(d.train_transforms), cache=d.cache), d.batch_size, d.workers,
-                  sampler(len(labeled), d.batch_size, 0))
+    if d.context is not None:  # concentric target/context pairs (HookNet), see pathseg.data.context
+        from pathseg.data.context import ContextView
+
+        view: Dataset = ContextView(labeled, d.train_transforms, d.context, cache=d.cache)
+    else:
+        view = TensorView(labeled, build_transforms(d.train_transforms), cache=d.cache)
+    sup = _loader(view, d.batch_size, d.workers, sampler(len(labeled), d.batch_size, 0))
     if not with_unlabeled:
         return sup
     if unlabeled is None or len(unlabeled) == 0:

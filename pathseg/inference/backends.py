@@ -55,6 +55,16 @@ class Backend:
         return int(self.info["num_classes"]) if "num_classes" in self.info else len(self.info["class_names"])
 
 
+def refuse_context_models(model: torch.nn.Module) -> None:
+    """Raise for a model that cuts its context from the whole image (HookNet): tiles alone cannot feed it."""
+    if getattr(model, "context_from_image", False):
+        raise ConfigError(
+            f"{getattr(model, 'name', type(model).__name__)}: whole-slide prediction and ONNX export are not "
+            "supported yet for a model that needs the context around each tile (read at ratio x the MPP); "
+            "use `pathseg predict` on image tiles/ROIs or `pathseg evaluate`, which give it the whole image"
+        )
+
+
 class TorchBackend(Backend):
     """A SegModel in eval + inference mode; channels_last on CPU; CUDA (fp16 autocast) when available."""
 
@@ -62,6 +72,7 @@ class TorchBackend(Backend):
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, device: str | None = None,
                  threads: int | None = None) -> None:
+        refuse_context_models(model)
         self.info = info
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":

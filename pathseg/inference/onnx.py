@@ -48,6 +48,9 @@ def export_model_onnx(model: nn.Module, info: dict[str, Any], path: str | os.Pat
     """
     import onnx
 
+    from pathseg.inference.backends import refuse_context_models
+
+    refuse_context_models(model)
     path = Path(path)
     wrapped = _WithSoftmax(model.eval().cpu()).eval()
     x = torch.rand(1, 3, tile, tile)

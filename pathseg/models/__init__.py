@@ -3,7 +3,16 @@
 Importing this package registers every model family, so any checkpoint can be rebuilt by name.
 """
 
-from pathseg.models.factory import DECODERS, ENCODERS, SegModel, create_model, load_encoder_weights
+from pathseg.models.factory import DECODERS, ENCODERS, NETWORKS, SegModel, create_model, load_encoder_weights
 from pathseg.models import cam, segcls  # noqa: F401,E402  (register "cam", "<decoder>_gated", "segcls")
 
-__all__ = ["DECODERS", "ENCODERS", "SegModel", "create_model", "load_encoder_weights"]
+
+def _hooknet(**kw):  # imported when called: pathseg.models.hooknet also defines its method (pathseg.methods)
+    from pathseg.models.hooknet import build_hooknet
+
+    return build_hooknet(**kw)
+
+
+NETWORKS.register("hooknet", _hooknet)
+
+__all__ = ["DECODERS", "ENCODERS", "NETWORKS", "SegModel", "create_model", "load_encoder_weights"]

@@ -8,6 +8,10 @@ Every model is a :class:`SegModel` that exposes the three stages the methods nee
 
 ``model(x)`` runs all three and upsamples the logits to the input size (bilinear).
 
+Networks that are not a :class:`SegModel` (HookNet takes two inputs) register a whole-model builder in
+``NETWORKS`` instead: ``builder(encoder=, num_classes=, weights=, **options) -> nn.Module`` with ``name``,
+``encoder_name`` and ``num_classes`` attributes; ``create_model`` and checkpoints find them by name too.
+
 Encoder weights: ``weights=None`` (from scratch), a local file (``.pth``/``.pt``/``.safetensors``,
 a plain state dict of the encoder, optionally under "state_dict"/"model" and/or prefixed "encoder."),
 or ``"imagenet"`` (smp downloads from the hub, needs the internet).
@@ -27,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pathseg.errors import WeightsError
-from pathseg.registry import Registry
+from pathseg.errors import UnknownNameError, WeightsError
+from pathseg.registry import Registry, did_you_mean
 
 DECODERS: Registry = Registry("model")
 ENCODERS: Registry = Registry("encoder")
+NETWORKS: Registry = Registry("model")
+"""Whole-model builders for networks that are not a SegModel (e.g. ``hooknet``); names shared with DECODERS."""
 
 for _enc in ("resnet18", "resnet34", "resnet50", "resnet101"):
     ENCODERS.register(_enc, _enc)
@@ -91,14 +97,22 @@ def create_model(
     weights: str | None = None,
     **kwargs: Any,
 ) -> SegModel:
-    """Build a registered decoder over a registered encoder.
+    """Build a registered decoder over a registered encoder (or a registered whole network, see ``NETWORKS``).
 
     Args:
-        name: one of ``DECODERS.names()`` (deeplabv3, deeplabv3plus, unet, unetplusplus).
+        name: one of ``DECODERS.names()`` (deeplabv3, deeplabv3plus, unet, unetplusplus, ...) or
+            ``NETWORKS.names()`` (hooknet).
         encoder: one of ``ENCODERS.names()``.
         num_classes: K, the classifier's output channels.
         weights: None, a local weights file, or "imagenet" (needs the internet).
     """
+    if name in NETWORKS:
+        ENCODERS.get(encoder)
+        return NETWORKS.get(name)(encoder=encoder, num_classes=num_classes, weights=weights, **kwargs)
+    if name not in DECODERS:
+        names = sorted(set(DECODERS.names()) | set(NETWORKS.names()))
+        raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, names)} "
+                               f"Valid model names: {', '.join(names)}")
     builder = DECODERS.get(name)
     smp_encoder = ENCODERS.get(encoder)
     net = builder(encoder_name=smp_encoder, encoder_weights=None, classes=num_classes, **kwargs)

@@ -17,10 +17,23 @@ inputs, so it does not fit :class:`SegModel`; :func:`create_hooknet` builds it, 
 a pretraining export (``weights`` for the target branch, ``context_weights`` for the context branch), and
 the ``hooknet`` method fine-tunes it on ``{"image": target, "context": context, "mask": ...}`` batches.
 
+In the model registry (``create_model("hooknet", encoder=, num_classes=, weights=, ratio=, context_weights=,
+tile=)``, i.e. ``model.name=hooknet`` with ``model.options``), so ``pathseg train`` / ``evaluate`` and
+checkpoints handle it like any model; training pairs come from ``data.context`` (:mod:`pathseg.data.context`).
+``context_weights`` only initialises the context encoder: checkpoints do not keep it (the state dict holds
+the weights), so they load without the file.
+
+With one input in eval mode, ``model(image)`` keeps the SegModel contract (whole-image logits, what
+validation, ``pathseg evaluate`` and ``pathseg predict`` on images call): :meth:`HookNet.segment` tiles the
+image into ``tile`` px targets and cuts each one's context from the same image. Whole slides are refused
+for now (:mod:`pathseg.inference` feeds the model one tile at a time, without the context around it).
+
 Example:
     >>> net = create_hooknet("resnet18", num_classes=2, ratio=4)
     >>> net(torch.zeros(1, 3, 128, 128), torch.zeros(1, 3, 128, 128))["target"].shape
     torch.Size([1, 2, 128, 128])
+    >>> net.eval()(torch.zeros(1, 3, 100, 150)).shape   # one whole image: tiled, contexts cut from it
+    torch.Size([1, 2, 100, 150])
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,14 +109,23 @@ class PyramidDecoder(nn.Module):
 
 
 class HookNet(nn.Module):
-    """Context and target U-Nets over two encoders of one registered name; see the module docstring."""
+    """Context and target U-Nets over two encoders of one registered name; see the module docstring.
 
-    def __init__(self, encoder: str = "resnet18", num_classes: int = 2, ratio: int = 4) -> None:
+    ``tile``: the target patch size (px, a multiple of 64) of whole-image inference (:meth:`segment`).
+    """
+
+    init_only_options = ("context_weights",)  # builder options not saved in checkpoints (see rebuild_options)
+    context_from_image = True  # needs the image around each tile: slide tiling alone cannot feed it
+
+    def __init__(self, encoder: str = "resnet18", num_classes: int = 2, ratio: int = 4, tile: int = 256) -> None:
         super().__init__()
         from pathseg.models import create_model
 
         hook_box(64, 64, ratio)  # validates ratio
+        if int(tile) < 64 or int(tile) % 64:
+            raise ConfigError(f"hooknet: tile (the inference patch size) must be a multiple of 64 px, got {tile}")
         self.name, self.encoder_name, self.num_classes, self.ratio = "hooknet", encoder, num_classes, int(ratio)
+        self.tile = int(tile)
         self.encoder = create_model("unet", encoder=encoder, num_classes=1).encoder  # target branch
         self.context_encoder = create_model("unet", encoder=encoder, num_classes=1).encoder
         chans = list(self.encoder.out_channels)
@@ -114,10 +137,16 @@ class HookNet(nn.Module):
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
         self.context_classifier = nn.Conv2d(self.context_decoder.out_channels, num_classes, 1)
 
-    def forward(self, target: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Shape: target, context (B, 3, H, W), H a multiple of 64 -> {"target", "context"}: (B, K, H, W) logits."""
+    def forward(self, target: torch.Tensor, context: torch.Tensor | None = None) -> Any:
+        """Shape: target, context (B, 3, H, W), H a multiple of 64 -> {"target", "context"}: (B, K, H, W) logits.
+
+        In eval mode, ``model(image)`` alone returns whole-image logits (B, K, H, W) from :meth:`segment`.
+        """
         if context is None:
-            raise ConfigError("hooknet needs two inputs: model(target, context) with the context at ratio x the MPP")
+            if self.training:
+                raise ConfigError("hooknet trains on two inputs, model(target, context) with the context at ratio x "
+                                  "the MPP: use method.name=hooknet with data.context={ratio: ...}")
+            return self.segment(target)
         s, start, size = hook_box(context.shape[-1], target.shape[-1], self.ratio)
         cmaps = self.context_decoder(self.context_encoder(context))
         hook = centre_crop(cmaps[STRIDES.index(s)], start, size)
@@ -126,8 +155,45 @@ class HookNet(nn.Module):
         tmap = self.decoder(tfeats, bottleneck)[-1]
         return {"target": self.classifier(tmap), "context": self.context_classifier(cmaps[-1])}
 
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Whole-image logits: non-overlapping ``tile`` px target tiles, each with its context from the same image.
 
-def create_hooknet(encoder: str = "resnet18", *, num_classes: int = 2, ratio: int = 4,
+        The geometry is that of training pairs (:func:`pathseg.data.context.cut_pair`): the context is the
+        ``ratio·tile`` px region around the tile's centre, reflect-padded beyond the image and averaged over
+        ``ratio × ratio`` blocks; tiles past the image's bottom/right edge are reflect-padded and cropped away.
+        All tiles' context blocks lie on one lattice (tile origins differ by ``tile``, a multiple of ``ratio``),
+        so the image is pooled once (memory: the image grown by ``(ratio - 1)·tile`` px per side).
+
+        Shape: image (B, 3, H, W) normalised, any H, W -> (B, K, H, W).
+        """
+        from pathseg.data.context import context_start, reflect_index
+
+        b, _, h, w = image.shape
+        t, r = self.tile, self.ratio
+        ny, nx = -(-h // t), -(-w // t)
+
+        def gather(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+            x = x.index_select(2, torch.as_tensor(reflect_index(rows, h), device=x.device))
+            return x.index_select(3, torch.as_tensor(reflect_index(cols, w), device=x.device))
+
+        lo = context_start(0, t, r)  # the context of the tile at (y, x) starts at (lo + y, lo + x): pooled (y/r, x/r)
+        pooled = F.avg_pool2d(gather(image, np.arange(lo, lo + (ny - 1) * t + r * t),
+                                     np.arange(lo, lo + (nx - 1) * t + r * t)), r)
+        padded = gather(image, np.arange(ny * t), np.arange(nx * t))
+        boxes = [(i * t, j * t) for i in range(ny) for j in range(nx)]
+        out = image.new_empty(b, self.num_classes, ny * t, nx * t)
+        chunk = max(1, 8 // b)  # tiles per forward pass
+        for k in range(0, len(boxes), chunk):
+            part = boxes[k:k + chunk]
+            tgt = torch.cat([padded[..., y:y + t, x:x + t] for y, x in part])
+            ctx = torch.cat([pooled[..., y // r:y // r + t, x // r:x // r + t] for y, x in part])
+            logits = self(tgt, ctx)["target"]
+            for n, (y, x) in enumerate(part):
+                out[..., y:y + t, x:x + t] = logits[n * b:(n + 1) * b]
+        return out[..., :h, :w]
+
+
+def create_hooknet(encoder: str = "resnet18", *, num_classes: int = 2, ratio: int = 4, tile: int = 256,
                    weights: str | Path | None = None, context_weights: str | Path | None = None) -> HookNet:
     """HookNet with optional encoder weights: ``weights`` (target branch), ``context_weights`` (context branch).
 
@@ -135,7 +201,7 @@ def create_hooknet(encoder: str = "resnet18", *, num_classes: int = 2, ratio: in
     """
     from pathseg.models.factory import load_encoder_weights
 
-    net = HookNet(encoder, num_classes, ratio)
+    net = HookNet(encoder, num_classes, ratio, tile)
     if weights is not None:
         load_encoder_weights(net, weights)  # duck-typed: uses .encoder and .encoder_name
     if context_weights is not None:
@@ -144,16 +210,46 @@ def create_hooknet(encoder: str = "resnet18", *, num_classes: int = 2, ratio: in
     return net
 
 
+def build_hooknet(*, encoder: str = "resnet18", num_classes: int = 2, weights: str | Path | None = None,
+                  **options: Any) -> HookNet:
+    """The ``create_model("hooknet", ...)`` builder; ``options``: ratio, context_weights, tile."""
+    from pathseg.registry import did_you_mean
+
+    valid = ["ratio", "context_weights", "tile"]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"model hooknet: unknown option {key!r}.{did_you_mean(key, valid)} "
+                              f"Valid options: {', '.join(valid)}")
+    return create_hooknet(encoder, num_classes=num_classes, weights=weights, **options)
+
+
 @METHODS.register("hooknet")
 class HookNetMethod(Method):
     """Fine-tunes a :class:`HookNet` on ``{"image": target, "context": context, "mask": target mask,
-    ["context_mask"]}``; ``context_weight`` λ_c = 0 (as published) counts only the target loss."""
+    ["context_mask"]}``; ``context_weight`` λ_c = 0 (as published) counts only the target loss.
+
+    Validation on whole images goes through ``model(image)`` (:meth:`HookNet.segment`); batches that carry
+    their own ``context`` are scored on the pair.
+    """
 
     def __init__(self, model: HookNet, *, context_weight: float = 0.0, **kw: Any) -> None:
+        if not isinstance(model, HookNet):
+            raise ConfigError(f"method hooknet fine-tunes a HookNet; set model.name=hooknet "
+                              f"(got model {getattr(model, 'name', type(model).__name__)!r})")
         super().__init__(model, **kw)
         self.context_weight = float(context_weight)
 
+    def _check_pairs(self, batch: dict[str, Any]) -> None:
+        if "context" not in batch:
+            raise ConfigError(f"method hooknet trains on target/context pairs: set data.context={{ratio: "
+                              f"{self.model.ratio}}} (the model's ratio, model.options.ratio)")
+        got = batch.get("context_ratio")
+        if got is not None and int(got.reshape(-1)[0]) != self.model.ratio:
+            raise ConfigError(f"data.context.ratio={int(got.reshape(-1)[0])} but the model was built with "
+                              f"ratio={self.model.ratio} (model.options.ratio); set both to the same value")
+
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        self._check_pairs(batch)
         out = self.model(self._fmt(batch["image"]), self._fmt(batch["context"]))
         lt = self.supervised_loss(out["target"], batch["mask"])
         res = {"loss/target": lt}
@@ -165,5 +261,7 @@ class HookNetMethod(Method):
         return {"loss": total, **res}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "context" not in batch:  # whole images: tiled by HookNet.segment through model(image)
+            return super().validation_step(batch, batch_idx)
         logits = self.model(self._fmt(batch["image"]), self._fmt(batch["context"]))["target"]
         self.val_metrics.update(batch["mask"], logits.argmax(1), batch.get("valid"))
