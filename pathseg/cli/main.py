@@ -116,6 +116,13 @@ def predict(
     probabilities: bool = typer.Option(False, help="slides: also write per-class probability maps"),
     blend: str = typer.Option("mean", help="slides: mean | gaussian blending of overlapping tiles"),
     scale: Optional[float] = typer.Option(None, help="images: resize by this factor before the model"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
+                                      help="slides: run on a Ray cluster: auto, HOST:6379, ray://HOST:10001, or "
+                                           "'local' to start a local instance (needs pip install \"pathseg\\[ray]\")"),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers",
+                                              help="with --ray: workers, each loading the model once (default: as "
+                                                   "many as the cluster's CPUs, or GPUs with --ray-gpus)"),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="with --ray: GPUs per worker (0: CPU workers)"),
 ) -> None:
     """Label maps (<stem>.png, class indices) and overlays for images; full outputs for whole slides."""
     from pathseg.engine.predict_images import expand_inputs, predict_images
@@ -136,11 +143,17 @@ def predict(
                 console.print(f"[red]failed[/] {r['path']}: {r['error']}")
         console.print(f"{len(recs) - failed}/{len(recs)} images written to {out}")
     if slides:
-        from pathseg.cli.slides import predict_slides
+        settings = dict(mpp=mpp, mpp_override=slide_mpp, tile=tile, overlap=overlap, batch_size=batch_size,
+                        backend=backend, probabilities=probabilities, blend=blend)
+        if ray:  # Ray is imported only here
+            from pathseg.scale.ray_predict import predict_slides_ray
 
-        summary = predict_slides(slides, checkpoint, out, mpp=mpp, mpp_override=slide_mpp, tile=tile, overlap=overlap,
-                                 workers=workers, batch_size=batch_size, backend=backend, probabilities=probabilities,
-                                 blend=blend)
+            summary = predict_slides_ray(slides, checkpoint, out, address=ray, workers=ray_workers,
+                                         gpus_per_worker=ray_gpus, loader_workers=workers, **settings)
+        else:
+            from pathseg.cli.slides import predict_slides
+
+            summary = predict_slides(slides, checkpoint, out, workers=workers, **settings)
         failed += sum(1 for r in (summary or []) if isinstance(r, dict) and r.get("status") == "failed")
     if failed:
         raise typer.Exit(1)

@@ -71,7 +71,15 @@ def _failure(path: Path, e: BaseException) -> dict[str, Any]:
         msg = f"{path}: cannot write or read a file ({e}); check free disk space and folder permissions"
     else:
         msg = f"{path}: unexpected {type(e).__name__}: {e}"
-    return {"slide": str(path), "status": "failed", "error": msg}
+    return {"slide": str(path), "status": "failed", "error": msg, "traceback": _trace_summary(e)}
+
+
+def _trace_summary(e: BaseException, frames: int = 4, limit: int = 2000) -> str:
+    """The last ``frames`` frames of the exception's traceback, at most ``limit`` characters."""
+    import traceback
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-frames))
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -92,6 +100,23 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
         t.add_row(Path(r.get("slide", "?")).name, f"[{color}]{status}[/]", tiles_s,
                   f"{tps:.2f}" if isinstance(tps, (int, float)) else "", f"{secs:.1f}" if secs else "", note[:300])
     return t
+
+
+def predict_one(predictor: Any, path: Path, out: Path, *, mpp_override: float | None = None) -> dict[str, Any]:
+    """One slide through ``predictor`` into ``out``: its record, with the warnings it raised; a failure is
+    recorded, not raised (one bad slide must not sink the batch). Local and Ray runs both go through here."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rec = predictor.predict(path, out, mpp_override=mpp_override)
+        for w in caught:
+            if str(w.message) not in rec.get("warnings", []):
+                rec.setdefault("warnings", []).append(str(w.message))
+        return rec
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        return _failure(path, e)
 
 
 def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float | None = None,
@@ -129,18 +154,7 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float
 
         predictor = SlidePredictor(be, cfg, model_id=model_id, progress=on_progress)
         for path in map(Path, paths):
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    rec = predictor.predict(path, out, mpp_override=mpp_override)
-                for w in caught:
-                    if str(w.message) not in rec.get("warnings", []):
-                        rec.setdefault("warnings", []).append(str(w.message))
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one bad slide must not sink the batch
-                rec = _failure(path, e)
-            rows.append(rec)
+            rows.append(predict_one(predictor, path, out, mpp_override=mpp_override))
     done = sum(r["status"] in ("done", "skipped") for r in rows)
     con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out} (backend {be.name})"))
     return rows
