@@ -33,10 +33,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from pathseg.data.base import SegmentationDataset
 from pathseg.data.sample import IGNORE_INDEX
+from pathseg.engine.data import TensorView
 from pathseg.errors import ConfigError
 
 RATIOS = (2, 4, 8, 16)
@@ -133,7 +133,7 @@ def parse_context(options: dict[str, Any], transforms: list[dict[str, Any]] | No
     return ratio, size, pre, post
 
 
-class ContextView(Dataset):
+class ContextView(TensorView):
     """A training view yielding ``{"image", "mask", "context", "context_mask", "context_ratio", "index"}`` tensors.
 
     ``dataset`` any :class:`SegmentationDataset`; ``transforms`` the ``data.train_transforms`` list;
@@ -148,19 +148,9 @@ class ContextView(Dataset):
                  context: dict[str, Any], *, cache: bool = False) -> None:
         from pathseg.transforms import build_transforms
 
+        super().__init__(dataset, None, cache=cache)
         self.ratio, self.size, pre, post = parse_context(context, transforms)
-        self.dataset, self.pre, self.post = dataset, build_transforms(pre), build_transforms(post)
-        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _sample(self, i: int) -> dict[str, Any]:
-        if self._cache is None:
-            return dict(self.dataset[i])
-        if i not in self._cache:
-            self._cache[i] = dict(self.dataset[i])
-        return dict(self._cache[i])
+        self.pre, self.post = build_transforms(pre), build_transforms(post)
 
     def pair(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
         """(target sample, context sample) as uint8/int64 arrays, after every transform."""
