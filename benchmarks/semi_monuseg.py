@@ -11,9 +11,11 @@ configs/semi/crcfp.yaml).
 
 Writes ``--results`` (default benchmarks/results/semi_monuseg.json) after every row, and the markdown table
 beside it (same name, .md). Resumable: rows already in the results file (same method, fraction, seed) are
-skipped, so running the same command again continues. ``--time-steps N`` first measures the time per
-training step of CRCFP and SupOnly side by side (interleaved, same process, real data loaders) and stores
-it under ``step_time``.
+skipped, so running the same command again continues; the scale of the rows (``recipe``) is fixed by
+the first run. ``--time-steps N`` first measures the time per training step of CRCFP and SupOnly side by
+side (interleaved, same process, real data loaders) and stores it under ``step_times``; with
+``--time-only`` it adds a measurement at another scale (e.g. ``--crop 256 data.batch_size=8``) and
+trains nothing.
 
     python benchmarks/semi_monuseg.py --steps 600 --seeds 0,1,2 [--methods SupOnly,CCT,CAC,CRCFP]
         [--fractions 1/8,1] [--scale 0.5] [--crop 256] [--time-steps 10] [--results PATH] [key=value ...]
@@ -148,14 +150,22 @@ def time_steps(args: argparse.Namespace, n: int) -> dict[str, Any]:
                 times[method].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "steps": n, "includes": "data loading + forward + backward + optimiser step",
+        "steps": n, "includes": "data loading + forward + backward + optimiser step", **recipe(args),
+        "command": command(),
         "SupOnly_median_s": round(med["SupOnly"], 3), "CRCFP_median_s": round(med["CRCFP"], 3),
         "ratio": round(med["CRCFP"] / med["SupOnly"], 2),
         "SupOnly_s": [round(x, 3) for x in times["SupOnly"]], "CRCFP_s": [round(x, 3) for x in times["CRCFP"]],
     }
 
 
-def markdown(rows: list[dict[str, Any]], step_time: dict[str, Any] | None, args: argparse.Namespace) -> str:
+def recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The scale every row of a run shares (stored in the results, read back by the table)."""
+    return {"scale": args.scale, "crop": args.crop, "steps_per_row": args.steps, "warmup": args.warmup,
+            "batch": int(_override(args, "data.batch_size", 8)),
+            "unlabeled_batch": int(_override(args, "data.unlabeled_batch_size", 8))}
+
+
+def markdown(rows: list[dict[str, Any]], step_times: list[dict[str, Any]], rec: dict[str, Any]) -> str:
     """Mean (std) over seeds per method and label fraction, in the layout of CRCFP's Table 2."""
     keys = ("mIoU", "Dice", "accuracy", "step_seconds")
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
@@ -164,10 +174,10 @@ def markdown(rows: list[dict[str, Any]], step_time: dict[str, Any] | None, args:
     order = list(METHODS)
     lines = [
         "# Semi-supervised segmentation on MoNuSeg 2018 (CRCFP Table 2 setting, CPU scale-down)\n",
-        f"Recipe: {BASE.relative_to(ROOT)} (U-Net/ResNet-18 from scratch), images at scale {args.scale}, "
-        f"{args.crop} px crops, {args.steps} steps, batch {_override(args, 'data.batch_size', 8)} labelled + "
-        f"{_override(args, 'data.unlabeled_batch_size', 8)} unlabelled, L_sup only for the first "
-        f"{args.warmup:.0%} of the steps. Test: the 14 official test images. mean (std) over seeds.\n",
+        f"Recipe: {BASE.relative_to(ROOT)} (U-Net/ResNet-18 from scratch), images at scale {rec['scale']}, "
+        f"{rec['crop']} px crops, {rec['steps_per_row']} steps, batch {rec['batch']} labelled + "
+        f"{rec['unlabeled_batch']} unlabelled, L_sup only for the first {rec['warmup']:.0%} of the steps. "
+        "Test: the 14 official test images. mean (std) over seeds.\n",
         "| Method | Labelled | mIoU | Dice | Accuracy | s / step | seeds |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -184,23 +194,25 @@ def markdown(rows: list[dict[str, Any]], step_time: dict[str, Any] | None, args:
         name = method + (" (ceiling)" if frac == 1.0 else "")
         vals = [cell([r["metrics"][k] for r in rs], 2 if k == "step_seconds" else 4) for k in keys]
         lines.append(f"| {name} | {label} | " + " | ".join(vals) + f" | {len(rs)} |")
-    if step_time:
-        lines += [
-            "",
-            f"Time per training step, CRCFP vs SupOnly side by side in one run ({step_time['steps']} steps each, "
-            f"median, {step_time['includes']}): SupOnly {step_time['SupOnly_median_s']:.2f} s, "
-            f"CRCFP {step_time['CRCFP_median_s']:.2f} s, ratio {step_time['ratio']:.2f}x (target <= 3x).",
-        ]
+    if step_times:
+        lines += ["", "Time per training step, CRCFP against SupOnly, interleaved step by step in one process (median "
+                  "over the steps; data loading + forward + backward + optimiser step; target <= 3x):", "",
+                  "| crop | batch (labelled + unlabelled) | steps | SupOnly s | CRCFP s | ratio |", "|---|---|---|---|---|---|"]
+        for t in step_times:
+            lines.append(f"| {t.get('crop', rec['crop'])} px | {t.get('batch', rec['batch'])} + "
+                         f"{t.get('unlabeled_batch', rec['unlabeled_batch'])} | {t['steps']} | "
+                         f"{t['SupOnly_median_s']:.3f} | {t['CRCFP_median_s']:.3f} | {t['ratio']:.2f}x |")
     lines += ["", f"Machine: {machine()}", ""]
     return "\n".join(lines)
 
 
-def write(path: Path, rows: list[dict[str, Any]], step_time: dict[str, Any] | None, args: argparse.Namespace) -> None:
+def write(path: Path, rows: list[dict[str, Any]], step_times: list[dict[str, Any]],
+          rec: dict[str, Any], cmd: str) -> None:
     from pathseg.io.files import write_json, write_text
 
-    extra = {"step_time": step_time} if step_time else {}
-    write_json(path, {"benchmark": NAME, "command": command(), "machine": machine(), **extra, "rows": rows})
-    write_text(path.with_suffix(".md"), markdown(rows, step_time, args))
+    write_json(path, {"benchmark": NAME, "command": cmd, "machine": machine(), "recipe": rec,
+                      "step_times": step_times, "rows": rows})
+    write_text(path.with_suffix(".md"), markdown(rows, step_times, rec))
 
 
 def main() -> None:
@@ -213,6 +225,8 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=256, help="training crop size (px)")
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with L_sup only (semi methods)")
     ap.add_argument("--time-steps", type=int, default=0, help="measure CRCFP vs SupOnly s/step over N steps first")
+    ap.add_argument("--time-only", action="store_true",
+                    help="only add a step-time measurement at the given --crop/batch (rows untouched)")
     ap.add_argument("--results", type=Path, default=RESULTS / f"{NAME}.json")
     ap.add_argument("--out", default="runs/bench_semi_monuseg", help="training run folders")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every row")
@@ -223,11 +237,24 @@ def main() -> None:
 
     prev: dict[str, Any] = json.loads(args.results.read_text()) if args.results.exists() else {}
     rows: list[dict[str, Any]] = list(prev.get("rows", []))
-    step_time = prev.get("step_time")
-    if args.time_steps > 0 and not step_time:
-        step_time = time_steps(args, args.time_steps)
-        print(f"step time: {json.dumps({k: v for k, v in step_time.items() if not k.endswith('_s')})}", flush=True)
-        write(args.results, rows, step_time, args)
+    rec = prev.get("recipe") or recipe(args)  # the rows' scale: fixed by the first run of this results file
+    step_times: list[dict[str, Any]] = list(prev.get("step_times", []))
+    if prev.get("step_time"):  # the first format: one measurement at the rows' scale
+        step_times.insert(0, {**prev["step_time"], **{k: v for k, v in rec.items() if k in ("crop", "batch",
+                                                                                          "unlabeled_batch")}})
+    cmd = prev.get("command", command())
+    if args.time_steps > 0 and (args.time_only or not step_times):
+        t = time_steps(args, args.time_steps)
+        step_times.append(t)
+        print(f"step time: {json.dumps({k: v for k, v in t.items() if not k.endswith('_s')})}", flush=True)
+        write(args.results, rows, step_times, rec, cmd)
+    if args.time_only:
+        print(markdown(rows, step_times, rec))
+        return
+    if rows and recipe(args) != rec:
+        ap.error(f"{args.results} holds rows made with {rec}; these arguments give {recipe(args)}: pass the same "
+                 "scale, or another --results file")
+    cmd = command() if not rows else cmd
     done = {(r["method"], float(r["fraction"]), int(r["seed"])) for r in rows}
     for frac in [_fraction(f) for f in args.fractions.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -239,11 +266,12 @@ def main() -> None:
                     continue
                 row = run_row(method, frac, seed, args)
                 rows.append(row)
-                write(args.results, rows, step_time, args)
+                write(args.results, rows, step_times, rec, cmd)
                 m = row["metrics"]
                 print(f"{method} {frac} seed {seed}: mIoU {m['mIoU']:.4f} Dice {m['Dice']:.4f} "
                       f"({m['step_seconds']:.2f} s/step, {row['seconds']:.0f} s)", flush=True)
-    print(markdown(rows, step_time, args))
+    write(args.results, rows, step_times, rec, cmd)
+    print(markdown(rows, step_times, rec))
     print(f"results: {args.results}")
 
 
