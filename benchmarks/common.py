@@ -37,11 +37,15 @@ def load_rows(name: str) -> list[dict[str, Any]]:
     return json.loads(path.read_text()).get("rows", [])
 
 
-def write_results(name: str, rows: list[dict[str, Any]], markdown: str, **extra: Any) -> Path:
-    """Write results/<name>.json ({benchmark, command, machine, rows}) and results/<name>.md atomically."""
+def write_results(name: str, rows: list[dict[str, Any]], markdown: str, *, command_line: str | None = None,
+                  **extra: Any) -> Path:
+    """Write results/<name>.json ({benchmark, command, machine, rows}) and results/<name>.md atomically.
+
+    ``command_line``: the command that produced the rows, when this call only rewrites the report.
+    """
     from pathseg.io.files import write_json, write_text
 
-    path = write_json(RESULTS / f"{name}.json",
-                      {"benchmark": name, "command": command(), "machine": machine(), **extra, "rows": rows})
+    path = write_json(RESULTS / f"{name}.json", {"benchmark": name, "command": command_line or command(),
+                                                 "machine": machine(), **extra, "rows": rows})
     write_text(RESULTS / f"{name}.md", markdown)
     return path
