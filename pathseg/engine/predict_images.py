@@ -34,7 +34,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: list[list[int]], alph
 
 
 def normalise(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1).div(255)
     return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]).unsqueeze(0)
 
 
