@@ -325,7 +325,7 @@ def to_tensor(sample: dict, *, keep_meta: bool = True) -> dict:
         if val is None or (key == "meta" and not keep_meta):
             continue
         if key == "image":
-            img = torch.from_numpy(np.ascontiguousarray(val)).permute(2, 0, 1).float().div_(255.0)
+            img = torch.from_numpy(np.array(val, dtype=np.float32)).permute(2, 0, 1).div_(255.0)  # a copy: writable
             mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
             std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
             out[key] = (img - mean) / std
