@@ -137,10 +137,13 @@ def build_train_loaders(cfg: Config, *, with_unlabeled: bool, rank: int = 0, wor
     return CombinedLoader({"labeled": sup, "unlabeled": unsup}, mode="max_size_cycle")
 
 
-def build_val_loader(cfg: Config, split: str | None = None, *, rank: int = 0,
-                     world_size: int = 1) -> tuple[DataLoader, SegmentationDataset]:
-    """Whole images one at a time; under data-parallel training each rank scores its own shard."""
-    ds = build_dataset(cfg, split or cfg.data.val_split)
+def build_val_loader(cfg: Config, split: str | None = None, *, rank: int = 0, world_size: int = 1,
+                     dataset: SegmentationDataset | None = None) -> tuple[DataLoader, SegmentationDataset]:
+    """Whole images one at a time; under data-parallel training each rank scores its own shard.
+
+    ``dataset``: the split's dataset when the caller has already built it.
+    """
+    ds = dataset if dataset is not None else build_dataset(cfg, split or cfg.data.val_split)
     if len(ds) == 0:
         raise DataError(f"{cfg.data.dataset}: split {split or cfg.data.val_split!r} is empty")
     view = TensorView(ds, None, cache=cfg.data.cache)

@@ -130,16 +130,17 @@ def trainer_options(cfg: Config, method_cls: type[Method], out: Path) -> dict[st
 class TrainData(L.LightningDataModule):
     """The run's loaders, built in each process once Lightning knows its rank and the world size."""
 
-    def __init__(self, cfg: Config, with_unlabeled: bool) -> None:
+    def __init__(self, cfg: Config, with_unlabeled: bool, val_ds) -> None:
         super().__init__()
-        self.cfg, self.with_unlabeled = cfg, with_unlabeled
+        self.cfg, self.with_unlabeled, self.val_ds = cfg, with_unlabeled, val_ds
 
     def train_dataloader(self) -> Any:
         return build_train_loaders(self.cfg, with_unlabeled=self.with_unlabeled, rank=self.trainer.global_rank,
                                    world_size=self.trainer.world_size)
 
     def val_dataloader(self) -> Any:
-        return build_val_loader(self.cfg, rank=self.trainer.global_rank, world_size=self.trainer.world_size)[0]
+        return build_val_loader(self.cfg, rank=self.trainer.global_rank, world_size=self.trainer.world_size,
+                                dataset=self.val_ds)[0]
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def train(cfg: Config) -> dict[str, Any]:
     val_ds = build_dataset(cfg, cfg.data.val_split)
     mpp = _dataset_mpp(val_ds)
     method = build_method(cfg, val_ds.class_names, mpp)
-    data = TrainData(cfg, method_cls.needs_unlabeled)
+    data = TrainData(cfg, method_cls.needs_unlabeled, val_ds)
 
     ckpt_dir = out / "checkpoints"
     callbacks: list[L.Callback] = [

@@ -106,7 +106,6 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "config": cfg.to_dict(),
     }
-    torch.set_grad_enabled(True)
     if not trainer.is_global_zero:  # data-parallel: rank 0 exports
         return {"out": str(out), "rank": trainer.global_rank, "seconds": seconds}
     paths = export_encoders(method, out, record)
