@@ -56,7 +56,8 @@ def run_one(method: str, fraction: float, seed: int, args) -> dict:
     cfg = load_config(ROOT / "configs/segcls/glas_bench.yaml", [
         f"data.options.regime={regime}", f"data.options.seg_fraction={fraction}", f"data.options.split_seed={seed}",
         f"data.options.seg_share={share}", f"trainer.seed={seed}", f"trainer.max_steps={args.steps}",
-        f"trainer.val_every={args.steps}", f"optim.lr={args.lr}", f"trainer.out={out}", "trainer.resume=false",
+        f"trainer.val_every={args.steps}", f"optim.lr={args.lr}", f"optim.poly_power={args.poly_power}",
+        f"trainer.out={out}", "trainer.resume=false",
     ])
     t0 = time.time()
     res = train(cfg)
@@ -180,7 +181,7 @@ def _table(rows: list[dict], methods: list[str]) -> list[str]:
     return out
 
 
-def markdown(rows: list[dict], ablation: list[dict], steps: int, lr: float, scale: str) -> str:
+def markdown(rows: list[dict], ablation: list[dict], command: str, scale: str) -> str:
     lines = [
         "# Segmentation + classification labels (Ciga & Martel 2021) on GlaS: S vs S+C",
         "",
@@ -192,7 +193,7 @@ def markdown(rows: list[dict], ablation: list[dict], steps: int, lr: float, scal
         "",
         f"Scale-down: {scale}.",
         "",
-        f"Command: `python benchmarks/segcls_glas.py --steps {steps} --lr {lr:g}`",
+        f"Command: `{command}`",
         "",
         *_table(rows, ["S", "S+C"]),
         "",
@@ -208,8 +209,7 @@ def markdown(rows: list[dict], ablation: list[dict], steps: int, lr: float, scal
             "",
             "Same runs as S+C, but segmentation patches repeated so they make about "
             f"{', '.join(shares)} of each batch instead of their pooled share (4-10% at s = 5%). "
-            f"Command: `python benchmarks/segcls_glas.py --steps {steps} --lr {lr:g} --ablation "
-            f"--seg-share {shares[0]} --fractions 0.05,0.1`",
+            f"Command: `{command} --ablation --seg-share {shares[0]} --fractions 0.05,0.1`",
             "",
             *_table(both, labels),
             "",
@@ -290,6 +290,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--poly-power", type=float, default=0.0,
+                    help="lr_t = lr (1 - t/T)^power; 0 = constant (published)")
+    ap.add_argument("--name", default=NAME, help="results file: benchmarks/results/<name>.json")
+    ap.add_argument("--merge", default="", help="comma-separated results names whose rows to take in")
     ap.add_argument("--seg-share", type=float, default=None,
                     help="with --ablation: share of segmentation patches in S+C batches")
     ap.add_argument("--ablation", action="store_true",
@@ -307,24 +311,32 @@ def main() -> None:
     else:
         args.seg_share = None  # the main table is the published pooled sampling
 
-    path = RESULTS / f"{NAME}.json"
+    path = RESULTS / f"{args.name}.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     rows, ablation = saved.get("rows", []), saved.get("ablation", [])
+    for other in filter(None, args.merge.split(",")):  # rows run as other processes (e.g. one per seed)
+        have = {(r["method"], float(r["fraction"]), int(r["seed"])) for r in rows}
+        more = json.loads((RESULTS / f"{other}.json").read_text())["rows"]
+        rows += [r for r in more if (r["method"], float(r["fraction"]), int(r["seed"])) not in have]
     steps = rows[0]["steps"] if rows else args.steps
+    if not args.plot_only and {r["steps"] for r in rows} - {args.steps}:
+        ap.error(f"{path} holds runs of {sorted({r['steps'] for r in rows})} steps, not {args.steps}: pass --name "
+                 "for a new table, or the same --steps to add to it")
     scale = (f"GlaS at 0.25 scale (~2.5 µm/px), 64 px patches (160 µm; classification grid stride 48), model segcls "
              f"(ResNet-18 to layer3, published decoder and head) from scratch (no ImageNet weights offline), "
-             f"batch 20, Adam lr {args.lr:g} constant (published 1e-4; raised for {steps} steps from scratch), "
+             f"batch 20, Adam lr {args.lr:g} " + ("constant" if not args.poly_power else f"with poly decay (power "
+             f"{args.poly_power:g})") + f" (published 1e-4 constant; raised for {steps} steps from scratch), "
              f"{steps} steps per run, one torch thread, Macenko to train_1, S+C batches drawn from the pooled "
              f"patches (published); 14 training / 6 held-out images")
 
-    main_cmd = f"python benchmarks/segcls_glas.py --steps {steps} --lr {args.lr:g}"
+    main_cmd = f"python benchmarks/segcls_glas.py --steps {steps} --lr {args.lr:g} --poly-power {args.poly_power:g}"
 
     def save() -> None:
         extra = {"ablation": ablation,
                  "ablation_command": f"{main_cmd} --ablation --seg-share 0.5 --fractions 0.05,0.1"}
-        write_results(NAME, rows, markdown(rows, ablation, steps, args.lr, scale), command=main_cmd, scale_down=scale,
+        write_results(args.name, rows, markdown(rows, ablation, main_cmd, scale), command=main_cmd, scale_down=scale,
                       **(extra if ablation else {}))
-        plot(rows, RESULTS / f"{NAME}.png", ablation)
+        plot(rows, RESULTS / f"{args.name}.png", ablation)
 
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -352,7 +364,7 @@ def main() -> None:
                 done.add((label, f, seed))
                 save()
     save()
-    print(markdown(rows, ablation, steps, args.lr, scale))
+    print(markdown(rows, ablation, main_cmd, scale))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,8 @@ def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str
     weights = {}
     for method in ("simsiam", "dsf"):
         out = work / f"pretrain_{method}"
+        if args.pretrain_only and method != args.pretrain_only:
+            continue
         if not (out / "encoder.safetensors").exists():
             cfg = load_config(ROOT / "configs/ssl/bench_cpu.yaml", [
                 f"method.name={method}", f"trainer.max_steps={args.pretrain_steps}", f"trainer.out={out}",
@@ -110,6 +112,7 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
     t0 = time.time()
     model = create_model("unet", encoder="resnet18", num_classes=2, weights=weights)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    poly = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - t / args.ft_steps) ** 0.9)
     tr = data["train"]
     idx = [tr["ids"].index(i) for i in labeled]
     c = args.crop
@@ -131,6 +134,7 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
         opt.zero_grad()
         loss.backward()
         opt.step()
+        poly.step()
     model.eval()
     cm = np.zeros((2, 2), np.int64)
     e = args.eval_crop
@@ -142,6 +146,9 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
             cm += np.bincount(2 * mk.ravel() + pred.ravel(), minlength=4).reshape(2, 2)
     m = metrics_from_confusion(cm)
     return {"F1": float(m["Dice/1"]), "accuracy": float(m["accuracy"])}, time.time() - t0
+
+
+FINDINGS = ""
 
 
 def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
@@ -171,7 +178,27 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
             if means:
                 order = " > ".join(f"{m} {means[m]:.3f}" for m in sorted(means, key=means.get, reverse=True))
                 lines.append(f"- {ds} {int(f * 100)}%: {order}")
-    lines += ["", "## Scale (everything here is far below the paper's; read the numbers as a smoke-scale test)", "",
+    lines += ["", "Paired by fine-tuning seed (same labelled images, same decoder init), F1 minus random's F1: mean ± std "
+              "(per-seed values):", ""]
+    for ds in ("monuseg", "glas"):
+        for f in FRACTIONS:
+            cells = []
+            for meth in METHODS[1:]:
+                d = []
+                for seed in sorted({r["seed"] for r in rows}):
+                    a = [r["metrics"]["F1"] for r in rows if (r["method"], r["dataset"], r["fraction"], r["seed"])
+                         == (meth, ds, f, seed)]
+                    b = [r["metrics"]["F1"] for r in rows if (r["method"], r["dataset"], r["fraction"], r["seed"])
+                         == ("random", ds, f, seed)]
+                    if a and b:
+                        d.append(a[0] - b[0])
+                if d:
+                    cells.append(f"{meth} {np.mean(d):+.3f} ± {np.std(d):.3f} ({', '.join(f'{x:+.3f}' for x in d)})")
+            if cells:
+                lines.append(f"- {ds} {int(f * 100)}%: " + "; ".join(cells))
+    if FINDINGS:
+        lines += ["", "## Findings", "", FINDINGS.strip()]
+    lines += ["", "## Scale (everything here is far below the paper's)", "",
               f"- Pretraining: ResNet-18, {args.pretrain_steps} steps, batch {args.pretrain_batch} context patches "
               f"(64 px at 1.0 µm/px) x 4 target patches (64 px at 0.5 µm/px, 2:1, 2x2 per context), Adam 1e-3, "
               f"1 thread; DSF-WSI trains both branches + CTFM (mask 0.5) + 12 heads; SimSiam trains one head on "
@@ -183,16 +210,13 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               f"- Labelled images: MoNuSeg 30 training images -> 1, 3, 15 at 1%, 10%, 50%; GlaS (only 20 images are "
               f"staged here: {args.glas_train} train, {GLAS_HOLDOUT} held out) -> 1, 1, 4: at 1% and 10% the split is "
               "the same single image, so those GlaS rows are one run reported twice (same_split_as).",
-              f"- Fine-tuning: U-Net/ResNet-18 (same for all), {args.ft_steps} Adam steps (lr {args.lr}), batch "
+              f"- Fine-tuning: U-Net/ResNet-18 (same for all), {args.ft_steps} Adam steps (lr {args.lr}, poly decay 0.9), batch "
               f"{args.ft_batch} random {args.crop} px crops + flips/rot90; MoNuSeg at 0.5 µm/px (scale 0.5), "
               "GlaS at half size. Pretraining seed 0 only; fine-tune seeds vary the labelled split and the init "
               "of the decoder (and of the encoder for random).",
-              f"- Wall time: {sum(r['seconds'] for r in rows) / 60:.0f} min of fine-tuning rows + "
-              f"{sum(pre_seconds.values()) / 60:.0f} min pretraining, over resumed invocations on 2 cores shared "
-              "with other jobs (load 6-8): one identical-size row took from 13 s to 744 s, so the wall time is "
-              "contention, not cost; the ~25 min target was exceeded.",
-              "- Spread: 40-step fine-tunes on 1-15 images are unstable (some seeds collapse to all-background, F1 "
-              "near 0), so the std is as large as the gaps; no ordering in this table is significant.",
+              f"- Time: {sum(r['seconds'] for r in rows) / 60:.0f} min of fine-tuning rows + "
+              f"{sum(pre_seconds.values()) / 60:.0f} min pretraining, wall clock of one-thread processes that ran "
+              "side by side with other benchmarks on the 2 shared cores (contention included).",
               f"- Evaluation: centre {args.eval_crop} px crop of each held-out image (MoNuSeg: 14 official test "
               f"images; GlaS: {GLAS_HOLDOUT} seeded held-out training images), pixel metrics pooled over the set.",
               ""]
@@ -203,14 +227,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--datasets", default="monuseg,glas")
-    ap.add_argument("--pretrain-steps", type=int, default=100)
+    ap.add_argument("--pretrain-steps", type=int, default=500)
     ap.add_argument("--pretrain-batch", type=int, default=4)
-    ap.add_argument("--ft-steps", type=int, default=40)
+    ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--ft-batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--eval-crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--work", default=str(ROOT / "runs/bench/ssl_pretrain"))
+    ap.add_argument("--name", default=NAME, help="results file: benchmarks/results/<name>.json")
+    ap.add_argument("--pretrain-only", choices=("simsiam", "dsf"), default=None,
+                    help="pretrain this encoder and stop (run the two in parallel, then the script without it)")
+    ap.add_argument("--fresh", action="store_true", help="start a new table instead of adding to the results file")
     ap.add_argument("--budget-min", type=float, default=27.0, help="stop starting new rows after this many minutes")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -226,10 +254,12 @@ def main() -> None:
     args.glas_train = len(glas["train"]["ids"])
     glas_files = [str(shared_data_root() / "glas/train/images" / f"{i}.bmp") for i in glas["train"]["ids"]]
     weights = pretrain_encoders(args, work, glas_files)
+    if args.pretrain_only:  # e.g. the two pretrainings as two processes, then one run for the rows
+        return
     import json
 
     pre_seconds = {m: json.loads(Path(w).with_name("encoder.json").read_text())["seconds"] for m, w in weights.items()}
-    rows = load_rows(NAME)
+    rows = [] if args.fresh else load_rows(args.name)
     for r in rows:  # rows from an earlier version of this script: add the labelled ids, mark repeated splits
         if "labeled" not in r and r["dataset"] in data:
             r["labeled"] = make_split(data[r["dataset"]]["train"]["ids"], r["fraction"], r["seed"])["labeled"]
@@ -250,19 +280,19 @@ def main() -> None:
                             and r.get("labeled") == labeled]
                     if same:  # the same labelled images and seed: the run would be identical
                         rows.append({**same[0], "fraction": f, "same_split_as": same[0]["fraction"]})
-                        write_results(NAME, rows, markdown(rows, args, pre_seconds))
+                        write_results(args.name, rows, markdown(rows, args, pre_seconds))
                         continue
                     if (time.time() - t_start) / 60 > args.budget_min:
                         print("time budget reached; rerun to add the remaining rows", flush=True)
-                        write_results(NAME, rows, markdown(rows, args, pre_seconds))
+                        write_results(args.name, rows, markdown(rows, args, pre_seconds))
                         return
                     metrics, sec = fine_tune(None if meth == "random" else weights[meth], d, labeled, seed, args)
                     rows.append({"method": meth, "dataset": ds, "fraction": f, "seed": seed, "metrics": metrics,
                                  "seconds": round(sec, 1), "labeled_images": len(labeled), "labeled": labeled})
                     print(f"{meth:8s} {ds:8s} {f:<5} seed {seed}: F1 {metrics['F1']:.3f} acc "
                           f"{metrics['accuracy']:.3f} ({sec:.0f} s)", flush=True)
-                    write_results(NAME, rows, markdown(rows, args, pre_seconds))
-    write_results(NAME, rows, markdown(rows, args, pre_seconds))
+                    write_results(args.name, rows, markdown(rows, args, pre_seconds))
+    write_results(args.name, rows, markdown(rows, args, pre_seconds))
 
 
 if __name__ == "__main__":

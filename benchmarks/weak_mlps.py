@@ -194,6 +194,9 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s).strip("_").lower()
 
 
+FINDINGS = ""
+
+
 def markdown(rows: list[dict], extra: dict) -> str:
     lines = ["# MLPS ablation (Han et al. 2022, Table III layout), scaled down to one CPU thread", ""]
     for ds in ("glas", "synthetic"):
@@ -218,6 +221,8 @@ def markdown(rows: list[dict], extra: dict) -> str:
             lines += ["", f"MLPS + gate vs full supervision: {100 * (gate['metrics']['mIoU'] - ceil['metrics']['mIoU']):+.1f} "
                       "mIoU points (paper: within about 2)."]
         lines.append("")
+    if FINDINGS:
+        lines += ["## Findings", "", FINDINGS.strip(), ""]
     return "\n".join(lines)
 
 
