@@ -123,6 +123,8 @@ def predict(
                                               help="with --ray: workers, each loading the model once (default: as "
                                                    "many as the cluster's CPUs, or GPUs with --ray-gpus)"),
     ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="with --ray: GPUs per worker (0: CPU workers)"),
+    stain_norm: bool = typer.Option(True, "--stain-norm/--no-stain-norm",
+                                    help="apply the stain normalisation the model was trained with, if any"),
 ) -> None:
     """Label maps (<stem>.png, class indices) and overlays for images; full outputs for whole slides."""
     from pathseg.engine.predict_images import expand_inputs, predict_images
@@ -136,7 +138,7 @@ def predict(
     slides, images = _split_slides(files)
     failed = 0
     if images:
-        recs = predict_images(images, checkpoint, out, scale=scale)
+        recs = predict_images(images, checkpoint, out, scale=scale, stain_norm=stain_norm, log=console.print)
         for r in recs:
             if "error" in r:
                 failed += 1
@@ -144,7 +146,7 @@ def predict(
         console.print(f"{len(recs) - failed}/{len(recs)} images written to {out}")
     if slides:
         settings = dict(mpp=mpp, mpp_override=slide_mpp, tile=tile, overlap=overlap, batch_size=batch_size,
-                        backend=backend, probabilities=probabilities, blend=blend)
+                        backend=backend, probabilities=probabilities, blend=blend, stain_norm=stain_norm)
         if ray:  # Ray is imported only here
             from pathseg.scale.ray_predict import predict_slides_ray
 

@@ -122,9 +122,12 @@ def predict_one(predictor: Any, path: Path, out: Path, *, mpp_override: float | 
 def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float | None = None,
                    mpp_override: float | None = None, tile: int = 512, overlap: float = 0.5, workers: int = 0,
                    batch_size: int = 8, backend: str = "auto", probabilities: bool = False, blend: str = "mean",
-                   min_tissue: float = 0.05, tissue_method: str = "saturation", show_progress: bool = True,
-                   out_console: Console | None = None) -> list[dict[str, Any]]:
+                   min_tissue: float = 0.05, tissue_method: str = "saturation", stain_norm: bool = True,
+                   show_progress: bool = True, out_console: Console | None = None) -> list[dict[str, Any]]:
     """Predict each slide into ``out/<stem>/``; returns one record per slide (status done/skipped/failed).
+
+    ``stain_norm=False`` skips the stain normalisation a checkpoint may carry (see
+    :mod:`pathseg.inference.backends`).
 
     Errors of one slide (unreadable, no MPP, no tissue, a write failure) are recorded and the run goes
     on; settings errors, a bad checkpoint or an unwritable ``out`` stop the run before any slide.
@@ -140,7 +143,11 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float
     cfg = PredictConfig(tile=tile, overlap=overlap, mpp=mpp, batch_size=batch_size, workers=workers,
                         probabilities=probabilities, blend=blend, min_tissue=min_tissue, tissue_method=tissue_method)
     checkpoint = Path(checkpoint)
-    be = load_backend(checkpoint, backend=backend, cache_dir=out / ".onnx-cache", tile=tile)
+    be = load_backend(checkpoint, backend=backend, cache_dir=out / ".onnx-cache", tile=tile, stain_norm=stain_norm)
+    if be.stain is not None:
+        from pathseg.engine.predict_images import stain_note
+
+        con.print(stain_note(be.info["stain"]))
     model_id = f"{checkpoint.name}:{file_digest(checkpoint)}" if checkpoint.is_file() else str(checkpoint)
     rows: list[dict[str, Any]] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

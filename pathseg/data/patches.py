@@ -299,7 +299,7 @@ class SegClsPatches(SegmentationDataset):
         patch_size (Δ), scale (resize factor applied first), cls_stride (grid stride of
             classification patches, default Δ), min_foreground (0.75), saturation (0.1), opening_px.
         stain: ``"macenko"`` or ``None``; stain_reference: id of the reference image (default: the
-            first training image).
+            first training image). The fitted normaliser is ``stain_normalizer`` (None when off).
         seg_share: ``None`` (published: batches draw uniformly from the pooled patches, so their mix
             follows the patch counts) or the expected share of segmentation patches in a batch, made by
             repeating the scarcer kind of patch a whole number of times.
@@ -388,7 +388,8 @@ class SegClsPatches(SegmentationDataset):
         if self.stain_reference:
             from pathseg.transforms.stain import MacenkoNormalizer
 
-            norm = MacenkoNormalizer(fallback="identity").fit(raw[ref_id]["image"])
+            norm = MacenkoNormalizer(fallback="identity").fit(raw[ref_id]["image"], reference=f"{base}:{ref_id}")
+        self.stain_normalizer = norm  # saved in checkpoints, so prediction normalises the same way
         stain_key = key + (self.stain_reference,)
 
         def prep(sid: str) -> dict[str, Any]:

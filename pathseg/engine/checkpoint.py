@@ -2,8 +2,9 @@
 
 A pathseg checkpoint is a torch file with ``state_dict`` (SegModel weights) and ``pathseg`` (what is
 needed to rebuild and use the model: model name, encoder, class names, colours, the MPP it was trained
-at and the input normalisation). Lightning checkpoints written by ``pathseg train`` carry the same
-``pathseg`` entry, so either kind loads here.
+at, the input normalisation and, when training normalised stains, the fitted normaliser's state under
+``stain``; see :func:`pathseg.transforms.stain.normalizer_from_state`). Lightning checkpoints written by
+``pathseg train`` carry the same ``pathseg`` entry, so either kind loads here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def model_info(model: SegModel, class_names: list[str], *, mpp: float | None = None,
-               colors: list[list[int]] | None = None, **extra: Any) -> dict[str, Any]:
+               colors: list[list[int]] | None = None, stain: dict[str, Any] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The ``pathseg`` entry of a checkpoint; ``stain`` is a fitted stain normaliser's ``state()`` or None."""
     return {
         "model": model.name,
         "encoder": model.encoder_name,
@@ -33,6 +36,7 @@ def model_info(model: SegModel, class_names: list[str], *, mpp: float | None = N
         "mpp": mpp,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
+        "stain": stain,
         **extra,
     }
 

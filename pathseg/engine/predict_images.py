@@ -5,6 +5,7 @@ Whole slides go through :mod:`pathseg.inference` instead (tiling, stitching, pyr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ def normalise(image: np.ndarray, mean: list[float], std: list[float]) -> torch.T
     return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]).unsqueeze(0)
 
 
+def stain_note(state: dict[str, Any]) -> str:
+    """One line telling the user that prediction applies the model's training-time stain normalisation."""
+    return (f"stain normalisation: {state['method']} to the training reference {state.get('reference')!r}, as in "
+            "training (--no-stain-norm switches it off)")
+
+
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders expand to the images inside them (sorted)."""
     files: list[Path] = []
@@ -49,18 +56,25 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def predict_images(paths: list[Path], checkpoint: Path, out: Path, *, scale: float | None = None) -> list[dict[str, Any]]:
+def predict_images(paths: list[Path], checkpoint: Path, out: Path, *, scale: float | None = None,
+                   stain_norm: bool = True, log: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
     """Write ``out/<stem>.png`` (class indices, uint8) and ``out/<stem>_overlay.png`` for each image.
 
     ``scale`` resizes the input before the model (default: none); labels are resized back (nearest).
+    A model trained on stain-normalised images sees each (resized) image normalised the same way,
+    unless ``stain_norm=False``; overlays are drawn on the original image. ``log`` gets that note once.
     Returns one record per image: path, written files or the error message (a bad file does not stop the run).
     """
     import cv2
 
     from pathseg.errors import PathsegError
+    from pathseg.transforms.stain import normalizer_from_state
 
     model, info = load_model(checkpoint)
     model.to(memory_format=torch.channels_last)
+    stain = normalizer_from_state(info.get("stain"), checkpoint, fallback="identity") if stain_norm else None
+    if stain is not None and log is not None:
+        log(stain_note(info["stain"]))
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for path in paths:
@@ -68,6 +82,8 @@ def predict_images(paths: list[Path], checkpoint: Path, out: Path, *, scale: flo
             img = read_image(path)
             h, w = img.shape[:2]
             x_img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale else img
+            if stain is not None:
+                x_img = stain.transform(x_img)
             with torch.inference_mode():
                 labels = predict_logits(model, normalise(x_img, info["mean"], info["std"])).argmax(1)[0].numpy()
             labels = labels.astype(np.uint8)

@@ -62,7 +62,8 @@ class MetricsWriter(L.Callback):
         return {}
 
 
-def build_method(cfg: Config, class_names: list[str], mpp: float | None) -> Method:
+def build_method(cfg: Config, class_names: list[str], mpp: float | None,
+                 stain: dict[str, Any] | None = None) -> Method:
     method_cls = METHODS.get(cfg.method.name)
     model = create_model(cfg.model.name, encoder=cfg.model.encoder, num_classes=len(class_names),
                          weights=cfg.model.weights, **cfg.model.options)
@@ -73,6 +74,7 @@ def build_method(cfg: Config, class_names: list[str], mpp: float | None) -> Meth
         optim={k: v for k, v in vars(cfg.optim).items()},
         max_steps=cfg.trainer.max_steps,
         mpp=mpp,
+        stain=stain,
         channels_last=cfg.trainer.channels_last,
         **cfg.method.params,
     )
@@ -149,8 +151,8 @@ def train(cfg: Config) -> dict[str, Any]:
 
     method_cls = METHODS.get(cfg.method.name)
     val_ds = build_dataset(cfg, cfg.data.val_split)
-    mpp = _dataset_mpp(val_ds)
-    method = build_method(cfg, val_ds.class_names, mpp)
+    mpp, stain = _dataset_mpp(val_ds), _dataset_stain(val_ds)
+    method = build_method(cfg, val_ds.class_names, mpp, stain)
     data = TrainData(cfg, method_cls.needs_unlabeled, val_ds)
 
     ckpt_dir = out / "checkpoints"
@@ -176,7 +178,8 @@ def train(cfg: Config) -> dict[str, Any]:
     seconds = time.time() - t0
     final = out / "model.ckpt"
     if trainer.is_global_zero:
-        save_model_checkpoint(final, method.model, val_ds.class_names, mpp=mpp, config=cfg.to_dict())
+        save_model_checkpoint(final, method.model, val_ds.class_names, mpp=mpp, stain=stain,
+                              config=cfg.to_dict())
     last = method.history[-1] if method.history else {}
     return {"out": str(out), "checkpoint": str(final), "metrics": last, "seconds": seconds,
             "rank": trainer.global_rank, "world_size": trainer.world_size}
@@ -209,3 +212,9 @@ def _dataset_mpp(ds) -> float | None:
         return ds[0]["meta"].get("mpp")
     except Exception:
         return None
+
+
+def _dataset_stain(ds) -> dict[str, Any] | None:
+    """The state of the stain normaliser the dataset applies to every image (None: none), for prediction."""
+    norm = getattr(ds, "stain_normalizer", None)
+    return None if norm is None else norm.state()

@@ -3,6 +3,9 @@
 ``torch`` runs the SegModel in inference mode, channels_last on CPU, on CUDA when present (fp16
 autocast there). ``onnx`` runs an exported graph (:mod:`pathseg.inference.onnx`) with ONNX Runtime on
 CPU. Both normalise with the checkpoint's mean/std and apply softmax, so they are interchangeable.
+A checkpoint trained on stain-normalised images carries the fitted normaliser (``info["stain"]``);
+both backends then normalise each tile to the training reference first (``stain_norm=False``: off),
+leaving tiles with too little tissue, or one colour only, unchanged.
 
 Pick one with :func:`load_backend` (``backend="auto"`` takes :data:`DEFAULT_BACKEND`, the one that was
 faster on the benchmark machine, see benchmarks/results/wsi_inference.md).
@@ -46,9 +49,21 @@ class Backend:
     name = "base"
     info: dict[str, Any]
     device: str = "cpu"
+    stain: Any = None  # the checkpoint's fitted stain normaliser, applied to each tile first; None: off
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _load_stain(self, source: Any, enabled: bool) -> None:
+        from pathseg.transforms.stain import normalizer_from_state
+
+        self.stain = normalizer_from_state(self.info.get("stain"), source, fallback="identity") if enabled else None
+
+    def _stain_normalise(self, batch: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Each (H, W, 3) uint8 tile of the batch recoloured to the training reference (unchanged when off)."""
+        if self.stain is None:
+            return batch
+        return np.stack([self.stain.transform(tile) for tile in np.asarray(batch)])
 
     @property
     def num_classes(self) -> int:
@@ -71,9 +86,10 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, device: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, stain_norm: bool = True, source: Any = "the checkpoint") -> None:
         refuse_context_models(model)
         self.info = info
+        self._load_stain(source, stain_norm)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             torch.set_num_threads(threads or cpu_threads())
@@ -86,7 +102,7 @@ class TorchBackend(Backend):
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.as_tensor(batch).to(self.device, non_blocking=True)
+            x = torch.as_tensor(self._stain_normalise(batch)).to(self.device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).float()
             x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             if self.device.startswith("cuda"):
@@ -102,13 +118,15 @@ class OnnxBackend(Backend):
 
     name = "onnx"
 
-    def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None) -> None:
+    def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None, stain_norm: bool = True,
+                 source: Any = None) -> None:
         import onnxruntime as ort
 
         from pathseg.inference.onnx import read_onnx_info
 
         self.path = Path(onnx_path)
         self.info = read_onnx_info(self.path)
+        self._load_stain(source or self.path, stain_norm)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
@@ -124,7 +142,7 @@ class OnnxBackend(Backend):
         self.inv_std = (1.0 / (np.asarray(self.info.get("std", (1, 1, 1)), np.float32) * 255)).reshape(1, 3, 1, 1)
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        x = np.asarray(batch).transpose(0, 3, 1, 2).astype(np.float32)
+        x = np.asarray(self._stain_normalise(batch)).transpose(0, 3, 1, 2).astype(np.float32)
         x = np.ascontiguousarray((x - self.mean) * self.inv_std)
         return self.session.run(None, {self.input_name: x})[0]
 
@@ -141,11 +159,13 @@ def resolve_backend_name(backend: str) -> str:
 
 
 def load_backend(checkpoint: str | os.PathLike, *, backend: str = "auto", cache_dir: str | os.PathLike | None = None,
-                 tile: int = 512, device: str | None = None, threads: int | None = None) -> Backend:
+                 tile: int = 512, device: str | None = None, threads: int | None = None,
+                 stain_norm: bool = True) -> Backend:
     """A backend for ``checkpoint`` (.ckpt/.pt pathseg checkpoint, or an exported .onnx).
 
     With ``backend="onnx"`` and a torch checkpoint, the model is exported once to
     ``cache_dir/<checkpoint stem>-<hash>.onnx`` (default: beside the checkpoint, else a temp folder).
+    ``stain_norm=False`` skips the checkpoint's stain normalisation.
     """
     checkpoint = Path(checkpoint)
     name = resolve_backend_name(backend)
@@ -154,12 +174,13 @@ def load_backend(checkpoint: str | os.PathLike, *, backend: str = "auto", cache_
             if backend != "auto":
                 raise ConfigError(f"{checkpoint}: an .onnx model runs only with backend 'onnx', not {backend!r}")
             name = "onnx"
-        return OnnxBackend(checkpoint, threads=threads)
+        return OnnxBackend(checkpoint, threads=threads, stain_norm=stain_norm)
     if name == "onnx":
         from pathseg.inference.onnx import cached_export
 
-        return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads)
+        return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads,
+                           stain_norm=stain_norm, source=checkpoint)
     from pathseg.engine.checkpoint import load_model
 
     model, info = load_model(checkpoint)
-    return TorchBackend(model, info, device=device, threads=threads)
+    return TorchBackend(model, info, device=device, threads=threads, stain_norm=stain_norm, source=checkpoint)

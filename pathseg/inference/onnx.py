@@ -2,8 +2,9 @@
 
 The graph takes normalised float32 images ``(N, 3, H, W)`` (dynamic N, H, W; H and W multiples of 32
 for U-Net/ResNet encoders) and returns class probabilities (softmax included). The checkpoint's
-``pathseg`` info (class names, colours, MPP, mean/std) is stored as JSON in the model's metadata under
-the key ``pathseg``, so an .onnx file is enough to run ``pathseg predict --checkpoint model.onnx``.
+``pathseg`` info (class names, colours, MPP, mean/std, the stain normaliser's state) is stored as JSON
+in the model's metadata under the key ``pathseg``, so an .onnx file is enough to run
+``pathseg predict --checkpoint model.onnx``.
 
 Example:
     >>> export_onnx("model.ckpt", "model.onnx")
@@ -92,7 +93,7 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike, *, tile:
 
 
 def read_onnx_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``pathseg`` info stored in an exported model (class names, colours, MPP, mean/std)."""
+    """The ``pathseg`` info stored in an exported model (class names, colours, MPP, mean/std, stain)."""
     import onnx
 
     path = Path(path)

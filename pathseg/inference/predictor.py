@@ -149,6 +149,8 @@ class SlidePredictor:
         self.backend = backend
         self.config = config or PredictConfig()
         self.model_id = model_id or json.dumps(backend.info, sort_keys=True, default=str)
+        if backend.stain is not None:  # other pixels in, other outputs: a run without it is not reused
+            self.model_id += f":stain={backend.info['stain']['method']}"
         self.progress = progress
         self.class_names = list(backend.info["class_names"])
         self.colors = [list(c) for c in backend.info.get("colors") or []]
@@ -310,6 +312,7 @@ class SlidePredictor:
                 "mpp_override": mpp_override, "mpp": slide.mpp,
             },
             "model": {k: self.backend.info.get(k) for k in ("model", "encoder", "num_classes", "class_names", "mpp")},
+            "stain_normalisation": None if self.backend.stain is None else self.backend.info["stain"]["method"],
             "model_id": self.model_id[:200],
             "backend": self.backend.name,
             "device": self.backend.device,

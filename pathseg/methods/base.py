@@ -42,6 +42,7 @@ class Method(L.LightningModule):
         optim: dict[str, Any] | None = None,
         max_steps: int = 1000,
         mpp: float | None = None,
+        stain: dict[str, Any] | None = None,
         channels_last: bool = True,
         ignore_index: int = IGNORE_INDEX,
         **params: Any,
@@ -65,7 +66,8 @@ class Method(L.LightningModule):
             )
         self.val_metrics = SegmentationMetrics(model.num_classes, class_names=self.class_names, ignore_index=ignore_index)
         self.history: list[dict[str, Any]] = []
-        self.save_hyperparameters({"pathseg": model_info(model, self.class_names, mpp=mpp)}, logger=False)
+        self.save_hyperparameters({"pathseg": model_info(model, self.class_names, mpp=mpp, stain=stain)},
+                                  logger=False)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -81,7 +83,8 @@ class Method(L.LightningModule):
                 continue
             sig = inspect.signature(klass.__init__)
             names += [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
-        return sorted(set(names) - {"class_names", "optim", "max_steps", "mpp", "channels_last", "ignore_index"})
+        return sorted(set(names) - {"class_names", "optim", "max_steps", "mpp", "stain", "channels_last",
+                                        "ignore_index"})
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

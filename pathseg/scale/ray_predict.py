@@ -74,10 +74,11 @@ class SlideWorker:
         device: "cpu", or None for CUDA when the worker was given a GPU.
         threads: CPU threads for the model (torch and ONNX Runtime).
         cwd: the driver's working directory; relative paths resolve against it when it exists here.
+        stain_norm: apply the checkpoint's stain normalisation, if any.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, out: str | os.PathLike, config: Any, *, backend: str = "auto",
-                 device: str | None = "cpu", threads: int = 1, cwd: str | None = None) -> None:
+                 device: str | None = "cpu", threads: int = 1, cwd: str | None = None, stain_norm: bool = True) -> None:
         self.init_error: str | None = None
         self.out = str(out)
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -95,7 +96,7 @@ class SlideWorker:
                 backend = DEFAULT_CPU_BACKEND
             checkpoint, out = Path(checkpoint), Path(out)
             be = load_backend(checkpoint, backend=backend, cache_dir=out / ".onnx-cache", tile=config.tile,
-                              device=device, threads=threads)
+                              device=device, threads=threads, stain_norm=stain_norm)
             model_id = f"{checkpoint.name}:{file_digest(checkpoint)}" if checkpoint.is_file() else str(checkpoint)
             self.predictor = SlidePredictor(be, config, model_id=model_id)
         except Exception as e:  # reported by info(); the driver stops with it
@@ -107,7 +108,8 @@ class SlideWorker:
         if self.init_error:
             return {"host": self.host, "pid": self.pid, "error": self.init_error}
         be = self.predictor.backend
-        return {"host": self.host, "pid": self.pid, "backend": be.name, "device": be.device}
+        return {"host": self.host, "pid": self.pid, "backend": be.name, "device": be.device,
+                "stain": be.info.get("stain") if be.stain is not None else None}
 
     def predict(self, path: str, mpp_override: float | None = None) -> dict[str, Any]:
         """One slide, exactly as the local loop does it; a failure comes back as a failed record.
@@ -167,7 +169,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
 
 
 def start_workers(checkpoint: str | os.PathLike, out: str | os.PathLike, config: Any, *, workers: int | None = None,
-                  cpus_per_worker: float = 1, gpus_per_worker: float = 0, backend: str = "auto") -> tuple[list, list]:
+                  cpus_per_worker: float = 1, gpus_per_worker: float = 0, backend: str = "auto",
+                  stain_norm: bool = True) -> tuple[list, list]:
     """Create ``workers`` :class:`SlideWorker` actors and wait until each has loaded the model.
 
     ``workers=None``: as many as the cluster's GPUs (``gpus_per_worker`` > 0) or CPUs allow. The model
@@ -195,7 +198,8 @@ def start_workers(checkpoint: str | os.PathLike, out: str | os.PathLike, config:
                                             max_restarts=MAX_RESTARTS, max_task_retries=0)
     actors = [actor.remote(str(checkpoint), str(out), config, backend=backend,
                            device="cpu" if gpus_per_worker == 0 else None,
-                           threads=max(1, int(cpus_per_worker)), cwd=os.getcwd()) for _ in range(workers)]
+                           threads=max(1, int(cpus_per_worker)), cwd=os.getcwd(), stain_norm=stain_norm)
+              for _ in range(workers)]
     try:
         infos = ray.get([a.info.remote() for a in actors])
     except BaseException:
@@ -304,7 +308,7 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
                        mpp_override: float | None = None, tile: int = 512, overlap: float = 0.5,
                        loader_workers: int = 0, batch_size: int = 8, backend: str = "auto",
                        probabilities: bool = False, blend: str = "mean", min_tissue: float = 0.05,
-                       tissue_method: str = "saturation", show_progress: bool = True,
+                       tissue_method: str = "saturation", stain_norm: bool = True, show_progress: bool = True,
                        out_console: Console | None = None) -> list[dict[str, Any]]:
     """:func:`pathseg.cli.slides.predict_slides` on a Ray cluster: same settings, same outputs, same records.
 
@@ -345,7 +349,11 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
     actors: list = []
     try:
         actors, infos = start_workers(checkpoint, out, cfg, workers=workers, cpus_per_worker=cpus_per_worker,
-                                      gpus_per_worker=gpus_per_worker, backend=backend)
+                                      gpus_per_worker=gpus_per_worker, backend=backend, stain_norm=stain_norm)
+        if infos and infos[0].get("stain"):
+            from pathseg.engine.predict_images import stain_note
+
+            con.print(stain_note(infos[0]["stain"]))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=con, disable=not show_progress, transient=False) as progress:
             task = progress.add_task(f"slides on Ray ({len(actors)} workers)", total=len(paths))

@@ -17,6 +17,9 @@ Stain normalisers follow fit/transform and live in the ``STAIN_NORMALIZERS`` reg
 
 A normaliser fitted on too little tissue raises :class:`pathseg.errors.DataError`; with
 ``fallback="identity"`` ``transform`` returns a tile that has too little tissue unchanged instead.
+
+A fitted Macenko normaliser travels in model checkpoints as ``state()`` (JSON-safe), so prediction
+normalises new images to the training reference: :func:`normalizer_from_state` rebuilds it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathseg.transforms.paired import TRANSFORMS
 __all__ = [
     "RUIFROK_HED",
     "MIN_TISSUE_PIXELS",
+    "MAX_STAIN_COS",
     "STAIN_NORMALIZERS",
     "rgb_to_od",
     "od_to_rgb",
@@ -42,6 +46,7 @@ __all__ = [
     "ReinhardNormalizer",
     "StainNormalize",
     "create_stain_normalizer",
+    "normalizer_from_state",
 ]
 
 _RJ = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
@@ -51,6 +56,9 @@ RUIFROK_HED.setflags(write=False)
 
 MIN_TISSUE_PIXELS = 500
 """A stain normaliser needs at least this many tissue pixels (OD ≥ β in some channel) to fit."""
+
+MAX_STAIN_COS = 0.999
+"""Macenko cannot tell two stain vectors apart when their cosine exceeds this (H&E measures 0.75–0.96)."""
 
 STAIN_NORMALIZERS: Registry = Registry("stain normaliser")
 
@@ -172,7 +180,10 @@ class MacenkoNormalizer:
     An image with fewer than ``min_tissue_pixels`` tissue pixels raises
     :class:`pathseg.errors.DataError` in ``fit`` always, and in ``transform`` unless
     ``fallback="identity"``, which returns such a tile unchanged (typical for background tiles
-    of a whole slide).
+    of a whole slide). So is a tile whose stains cannot be told apart, where the scaling would blow up
+    (one colour only: uniform, black or grey-noise tiles): stain vectors with cosine above
+    :data:`MAX_STAIN_COS`, or a stain whose 99th-percentile concentration is below ``beta`` (real
+    H&E tiles measure ≥ 0.37 for either stain).
 
     Example:
         >>> norm = MacenkoNormalizer().fit(target)          # doctest: +SKIP
@@ -195,6 +206,7 @@ class MacenkoNormalizer:
         self.max_percentile = float(max_percentile)
         self.stain_matrix_: np.ndarray | None = None  # (2, 3): H, E
         self.max_conc_: np.ndarray | None = None  # (2,)
+        self.reference: str | None = None  # what it was fitted on (an image id or path), for the record
 
     def _tissue(self, image: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray] | None:
         od, tissue = _tissue_od(_check_image(image, who), self.beta)
@@ -228,8 +240,12 @@ class MacenkoNormalizer:
         conc, *_ = np.linalg.lstsq(he.T, od.T, rcond=None)
         return conc.T  # (N, 2)
 
-    def fit(self, target: np.ndarray) -> "MacenkoNormalizer":
-        """Estimate the target's stain vectors and 99th-percentile concentrations."""
+    def fit(self, target: np.ndarray, *, reference: str | None = None) -> "MacenkoNormalizer":
+        """Estimate the target's stain vectors and 99th-percentile concentrations.
+
+        ``reference`` names the target (image id or path); it is only recorded, in :meth:`state`.
+        """
+        self.reference = reference
         image = _check_image(target, "Macenko fit")
         got = self._tissue(image, "Macenko fit")
         if got is None:
@@ -251,13 +267,49 @@ class MacenkoNormalizer:
         if got is None:
             if self.fallback == "identity":
                 return np.array(image, dtype=np.uint8, copy=True)
-            n = _tissue_od(image, self.beta)[1].shape[0]
-            raise self._too_little(image, n, "Macenko transform tile")
+            raise self._too_little(image, _tissue_od(image, self.beta)[1].shape[0], "Macenko transform tile")
         od, tissue = got
         he = self.stain_matrix(tissue)
         max_src = np.percentile(self._concentrations(tissue, he), self.max_percentile, axis=0)
-        conc = self._concentrations(od, he) * (self.max_conc_ / np.maximum(max_src, 1e-6))
+        cos = float(he[0] @ he[1])
+        if cos > MAX_STAIN_COS or max_src.min() < self.beta:  # one colour only: scaling would blow up
+            if self.fallback == "identity":
+                return np.array(image, dtype=np.uint8, copy=True)
+            raise DataError(
+                f"Macenko transform tile: its two stains cannot be told apart (stain vectors' cosine {cos:.4f}, "
+                f"limit {MAX_STAIN_COS}; {self.max_percentile:g}th-percentile concentrations {np.round(max_src, 3)}, "
+                f"need ≥ {self.beta}), as in a blank, one-colour or grey-noise tile; pass fallback='identity' to "
+                "leave such tiles unchanged"
+            )
+        conc = self._concentrations(od, he) * (self.max_conc_ / max_src)
         return od_to_rgb(conc @ self.stain_matrix_).reshape(image.shape)
+
+    def state(self) -> dict[str, Any]:
+        """The fitted normaliser as JSON-safe values (stored in checkpoints and ONNX metadata).
+
+        Example:
+            >>> same = MacenkoNormalizer.from_state(norm.state())   # doctest: +SKIP
+        """
+        if self.stain_matrix_ is None or self.max_conc_ is None:
+            raise ConfigError("MacenkoNormalizer.state was called before fit; call fit(target_image) first")
+        return {"method": "macenko", "stain_matrix": self.stain_matrix_.tolist(), "max_conc": self.max_conc_.tolist(),
+                "reference": self.reference, "beta": self.beta, "alpha": self.alpha,
+                "min_tissue_pixels": self.min_tissue_pixels, "fallback": self.fallback,
+                "max_percentile": self.max_percentile}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "MacenkoNormalizer":
+        """A fitted normaliser from :meth:`state`; it transforms exactly as the one that wrote the state."""
+        try:
+            norm = cls(state["beta"], state["alpha"], min_tissue_pixels=state["min_tissue_pixels"],
+                       fallback=state["fallback"], max_percentile=state["max_percentile"])
+            norm.stain_matrix_ = np.asarray(state["stain_matrix"], dtype=np.float64).reshape(2, 3)
+            norm.max_conc_ = np.asarray(state["max_conc"], dtype=np.float64).reshape(2)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"Macenko state is incomplete or malformed ({type(e).__name__}: {e}); expected the dict "
+                            "written by MacenkoNormalizer.state()") from e
+        norm.reference = state.get("reference")
+        return norm
 
 
 @STAIN_NORMALIZERS.register("reinhard")
@@ -323,6 +375,28 @@ class ReinhardNormalizer:
 def create_stain_normalizer(name: str, **kwargs: Any) -> Any:
     """Build a stain normaliser by registered name (``macenko``, ``reinhard``)."""
     return STAIN_NORMALIZERS.get(name)(**kwargs)
+
+
+def normalizer_from_state(state: dict[str, Any] | None, source: Any, **override: Any) -> Any | None:
+    """Rebuild the fitted normaliser a checkpoint stores as ``info["stain"]``; None when it stores none.
+
+    ``source`` (the checkpoint path) names the file in errors; ``override`` replaces saved settings,
+    e.g. ``fallback="identity"`` so prediction leaves background tiles unchanged.
+    """
+    if state is None:
+        return None
+    method = state.get("method") if isinstance(state, dict) else None
+    known = [n for n in STAIN_NORMALIZERS.names() if hasattr(STAIN_NORMALIZERS.get(n), "from_state")]
+    if method not in known:
+        raise DataError(
+            f"{source}: the model was trained with stain normalisation {method!r}, which this pathseg cannot "
+            f"rebuild (it can: {', '.join(known)}); update pathseg, or predict without it with "
+            "`pathseg predict --no-stain-norm` (expect worse results on differently stained images)"
+        )
+    try:
+        return STAIN_NORMALIZERS.get(method).from_state({**state, **override})
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from e
 
 
 @TRANSFORMS.register("stain_normalize")

@@ -47,6 +47,9 @@ def test_s_plus_c_trains_through_the_cli(tmp_path):
 
     model, info = load_model(tmp_path / "model.ckpt")
     assert info["model"] == "segcls" and info["num_classes"] == 5
+    # both checkpoints carry the Macenko normaliser the images were normalised with, for prediction
+    assert info["stain"]["method"] == "macenko" and info["stain"]["reference"].startswith("synthetic:")
+    assert load_model(tmp_path / "checkpoints" / "last.ckpt")[1]["stain"] == info["stain"]
     seg, cls = segcls_forward(model, torch.zeros(1, 3, 32, 32))
     assert seg.shape == (1, 5, 32, 32) and cls.shape == (1, 5)
 

@@ -101,3 +101,45 @@ def test_registry_and_sample_transform():
     out = pipe(s, np.random.default_rng(0))
     assert out["image"].shape == (96, 96, 3) and out["mask"] is s["mask"]
     assert not np.array_equal(out["image"], s["image"])
+
+
+def test_macenko_state_round_trip_transforms_identically():
+    import json
+
+    target = render_region(20000, 500, 128, 128, seed=0, centre=2)["image"]
+    src = render_region(2000, 3000, 96, 96, seed=0, centre=0)["image"]
+    norm = MacenkoNormalizer(beta=0.2, alpha=2.0, fallback="identity").fit(target, reference="centre-2 tile")
+    state = json.loads(json.dumps(norm.state()))  # as stored in ONNX metadata
+    back = MacenkoNormalizer.from_state(state)
+    assert state["method"] == "macenko" and back.reference == "centre-2 tile"
+    assert (back.beta, back.alpha, back.fallback) == (0.2, 2.0, "identity")
+    np.testing.assert_array_equal(back.transform(src), norm.transform(src))
+    with pytest.raises(ConfigError, match="before fit"):
+        MacenkoNormalizer().state()
+    with pytest.raises(DataError, match="written by MacenkoNormalizer.state"):
+        MacenkoNormalizer.from_state({"method": "macenko", "stain_matrix": [[1, 0, 0]]})
+
+
+def test_macenko_state_round_trip_on_a_real_image(shared_dataset):
+    from pathseg.io.files import read_image
+
+    files = sorted((shared_dataset("glas") / "train" / "images").iterdir())
+    norm = MacenkoNormalizer(fallback="identity").fit(read_image(files[0]))
+    tile = read_image(files[1])[:128, :128]
+    np.testing.assert_array_equal(MacenkoNormalizer.from_state(norm.state()).transform(tile), norm.transform(tile))
+
+
+@pytest.mark.parametrize("tile", ["white", "black", "uniform", "grey noise"])
+def test_macenko_leaves_blank_and_one_colour_tiles_unchanged(tile):
+    # one colour only: the two estimated stains coincide and least squares would blow up (1e7 concentrations)
+    rng = np.random.default_rng(0)
+    image = {"white": np.full((64, 64, 3), 255, np.uint8), "black": np.zeros((64, 64, 3), np.uint8),
+             "uniform": np.full((64, 64, 3), (200, 120, 180), np.uint8),
+             "grey noise": np.clip(rng.normal(230, 6, (128, 128, 3)), 0, 255).astype(np.uint8)}[tile]
+    target = render_region(20000, 500, 128, 128, seed=0, centre=1)["image"]
+    with np.errstate(all="raise"):
+        out = MacenkoNormalizer(fallback="identity").fit(target).transform(image)
+    np.testing.assert_array_equal(out, image)
+    if tile != "white":
+        with pytest.raises(DataError, match="cannot be told apart.*fallback=.identity."):
+            MacenkoNormalizer().fit(target).transform(image)

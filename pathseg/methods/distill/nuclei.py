@@ -199,12 +199,12 @@ class NucleiPatches(SegmentationDataset):
                 raise ConfigError(f"nuclei_patches: source {src['dataset']!r} has classes {ds.class_names}; expected "
                                   "a binary nuclei dataset (background, nucleus), e.g. synthetic with task: nuclei")
             self.datasets.append(ds)
-        self.normalizer = None
+        self.stain_normalizer = None  # saved in checkpoints, so prediction normalises the same way
         if macenko:
             from pathseg.io.files import read_image
             from pathseg.transforms.stain import MacenkoNormalizer
 
-            self.normalizer = MacenkoNormalizer().fit(read_image(macenko))
+            self.stain_normalizer = MacenkoNormalizer().fit(read_image(macenko), reference=str(macenko))
         self.index: list[tuple[int, int, int, int]] = []  # (dataset, image, y, x)
         self.ids = []
         self._last: tuple[tuple[int, int], Sample] | None = None
@@ -234,8 +234,8 @@ class NucleiPatches(SegmentationDataset):
         d, i, y, x = self.index[k]
         s = self._image(self.datasets[d], i)
         img, mask, inst = s["image"], s["mask"], s["instances"]
-        if self.normalizer is not None:
-            img = self.normalizer.transform(img)
+        if self.stain_normalizer is not None:
+            img = self.stain_normalizer.transform(img)
         if self.patch:
             p = self.patch
             fill = IGNORE_INDEX if self.pad_mask_ignore else 0
