@@ -111,7 +111,7 @@ def run(args) -> None:
         steps, batch = args.steps, args.batch
         root = Path(args.out) / ds
         extra["scale_down"][ds] = {"steps": steps, "batch": batch, "encoder": "resnet18 (no pretraining)",
-                                   "optimiser": "adam 1e-3", "threads": 1, "data": DATASETS[ds],
+                                   "optimiser": "adam 1e-3, poly decay 0.9", "threads": 1, "data": DATASETS[ds],
                                    "pda_epoch_steps": max(1, steps // 20)}
         ep = max(1, steps // 20)
 
