@@ -38,6 +38,10 @@ NAME = "ssl_pretrain"
 METHODS = ("random", "simsiam", "dsf")
 FRACTIONS = (0.01, 0.1, 0.5)
 GLAS_HOLDOUT = 12
+MODEL_TEXT = {"unet": "U-Net/ResNet-18",
+              "hooknet": "HookNet/ResNet-18 (target encoder from the export; context encoder from DSF-WSI's context "
+                         "branch, or SimSiam's one encoder; 2:1 context, target loss only)"}
+HOOK_RATIO = 2  # context : target MPP, as in the pretraining pairs (configs/ssl/bench_cpu.yaml)
 
 
 def load_images(dataset: str, cache: Path) -> dict[str, dict[str, list]]:
@@ -103,6 +107,16 @@ def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str
 
 
 def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, args) -> tuple[dict, float]:
+    """Fine-tune ``args.model`` from ``weights`` (None: random init) on the labelled images; score held-out ones.
+
+    unet: U-Net over the pretrained (target) encoder, on random ``crop`` px crops. hooknet: HookNet with the
+    target encoder from ``weights`` and the context encoder from the DSF-WSI export's context branch
+    (SimSiam, which has one encoder, initialises both), on concentric target/context pairs at the
+    pretraining's 2:1 ratio (``pathseg.data.context.cut_pair``); scored through ``HookNet.segment`` with
+    ``crop`` px tiles, the training geometry.
+    """
+    from pathseg.data.context import cut_pair
+    from pathseg.data.sample import IGNORE_INDEX
     from pathseg.metrics.confusion import metrics_from_confusion
     from pathseg.models import create_model
     from pathseg.transforms import to_tensor
@@ -110,27 +124,40 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.time()
-    model = create_model("unet", encoder="resnet18", num_classes=2, weights=weights)
+    c = args.crop
+    if args.model == "hooknet":
+        ctx = None
+        if weights is not None:
+            ctx = Path(weights).with_name("context_encoder.safetensors")
+            ctx = str(ctx) if ctx.exists() else weights
+        model = create_model("hooknet", encoder="resnet18", num_classes=2, weights=weights, ratio=HOOK_RATIO,
+                             context_weights=ctx, tile=c)
+    else:
+        model = create_model("unet", encoder="resnet18", num_classes=2, weights=weights)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
     poly = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - t / args.ft_steps) ** 0.9)
     tr = data["train"]
     idx = [tr["ids"].index(i) for i in labeled]
-    c = args.crop
     model.train()
     for _ in range(args.ft_steps):
-        xs, ys = [], []
+        batch: dict[str, list] = {"image": [], "mask": [], "context": []}
         for _ in range(args.ft_batch):
             k = idx[int(rng.integers(len(idx)))]
             img, msk = tr["images"][k], tr["masks"][k]
             y, x = int(rng.integers(img.shape[0] - c + 1)), int(rng.integers(img.shape[1] - c + 1))
-            im, mk = img[y:y + c, x:x + c], msk[y:y + c, x:x + c]
-            if rng.random() < 0.5:
-                im, mk = im[:, ::-1], mk[:, ::-1]
-            r = int(rng.integers(4))
-            im, mk = np.rot90(im, r), np.rot90(mk, r)
-            t = to_tensor({"image": np.ascontiguousarray(im), "mask": np.ascontiguousarray(mk)})
-            xs.append(t["image"]), ys.append(t["mask"])
-        loss = F.cross_entropy(model(torch.stack(xs)), torch.stack(ys))
+            if args.model == "hooknet":
+                pair = cut_pair(img, msk, y, x, c, HOOK_RATIO)
+                views = {"image": pair["image"], "mask": pair["mask"], "context": pair["context"]}
+            else:
+                views = {"image": img[y:y + c, x:x + c], "mask": msk[y:y + c, x:x + c]}
+            flip, r = rng.random() < 0.5, int(rng.integers(4))  # one draw for all views: pairs stay concentric
+            for key, v in views.items():
+                v = np.rot90(v[:, ::-1] if flip else v, r)
+                t = to_tensor({"image" if key == "context" else key: np.ascontiguousarray(v)})
+                batch[key].append(t["image" if key == "context" else key])
+        logits = (model(torch.stack(batch["image"]), torch.stack(batch["context"]))["target"]
+                  if args.model == "hooknet" else model(torch.stack(batch["image"])))
+        loss = F.cross_entropy(logits, torch.stack(batch["mask"]), ignore_index=IGNORE_INDEX)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -210,7 +237,7 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               f"- Labelled images: MoNuSeg 30 training images -> 1, 3, 15 at 1%, 10%, 50%; GlaS (only 20 images are "
               f"staged here: {args.glas_train} train, {GLAS_HOLDOUT} held out) -> 1, 1, 4: at 1% and 10% the split is "
               "the same single image, so those GlaS rows are one run reported twice (same_split_as).",
-              f"- Fine-tuning: U-Net/ResNet-18 (same for all), {args.ft_steps} Adam steps (lr {args.lr}, poly decay 0.9), batch "
+              f"- Fine-tuning: {MODEL_TEXT[args.model]} (same for all), {args.ft_steps} Adam steps (lr {args.lr}, poly decay 0.9), batch "
               f"{args.ft_batch} random {args.crop} px crops + flips/rot90; MoNuSeg at 0.5 µm/px (scale 0.5), "
               "GlaS at half size. Pretraining seed 0 only; fine-tune seeds vary the labelled split and the init "
               "of the decoder (and of the encoder for random).",
@@ -238,6 +265,10 @@ def main() -> None:
     ap.add_argument("--name", default=NAME, help="results file: benchmarks/results/<name>.json")
     ap.add_argument("--pretrain-only", choices=("simsiam", "dsf"), default=None,
                     help="pretrain this encoder and stop (run the two in parallel, then the script without it)")
+    ap.add_argument("--model", choices=("unet", "hooknet"), default="unet",
+                    help="the segmentation model fine-tuned from each encoder (hooknet: both DSF-WSI branches)")
+    ap.add_argument("--merge", default="", help="comma-separated results names whose rows to take in "
+                    "(e.g. the same benchmark run as parallel processes)")
     ap.add_argument("--fresh", action="store_true", help="start a new table instead of adding to the results file")
     ap.add_argument("--budget-min", type=float, default=27.0, help="stop starting new rows after this many minutes")
     args = ap.parse_args()
@@ -260,6 +291,9 @@ def main() -> None:
 
     pre_seconds = {m: json.loads(Path(w).with_name("encoder.json").read_text())["seconds"] for m, w in weights.items()}
     rows = [] if args.fresh else load_rows(args.name)
+    for other in filter(None, args.merge.split(",")):
+        keys = {(r["method"], r["dataset"], r["fraction"], r["seed"]) for r in rows}
+        rows += [r for r in load_rows(other) if (r["method"], r["dataset"], r["fraction"], r["seed"]) not in keys]
     for r in rows:  # rows from an earlier version of this script: add the labelled ids, mark repeated splits
         if "labeled" not in r and r["dataset"] in data:
             r["labeled"] = make_split(data[r["dataset"]]["train"]["ids"], r["fraction"], r["seed"])["labeled"]
