@@ -67,7 +67,6 @@ def build_method(cfg: Config, class_names: list[str], mpp: float | None,
     method_cls = METHODS.get(cfg.method.name)
     model = create_model(cfg.model.name, encoder=cfg.model.encoder, num_classes=len(class_names),
                          weights=cfg.model.weights, **cfg.model.options)
-    model.build_options = dict(cfg.model.options)  # saved in checkpoints so load_model rebuilds the same shape
     return method_cls(
         model,
         class_names=class_names,

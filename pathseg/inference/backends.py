@@ -7,6 +7,12 @@ A checkpoint trained on stain-normalised images carries the fitted normaliser (`
 both backends then normalise each tile to the training reference first (``stain_norm=False``: off),
 leaving tiles with too little tissue, or one colour only, unchanged.
 
+A model that reads the context around each tile (HookNet, ``context_from_image``) runs in torch only:
+its backend has ``context_ratio`` r set, and each call takes the tiles' *contexts* too -- the
+``r·tile`` px region around each tile's centre at r× the MPP (what
+:class:`pathseg.inference.predictor.TileDataset` reads). ``backend="auto"`` picks torch for it; ONNX
+export is refused (one input only).
+
 Pick one with :func:`load_backend` (``backend="auto"`` takes :data:`DEFAULT_BACKEND`, the one that was
 faster on the benchmark machine, see benchmarks/results/wsi_inference.md).
 
@@ -50,8 +56,9 @@ class Backend:
     info: dict[str, Any]
     device: str = "cpu"
     stain: Any = None  # the checkpoint's fitted stain normaliser, applied to each tile first; None: off
+    context_ratio: int | None = None  # r: the model also takes each tile's context at r x the MPP; None: tiles only
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def _load_stain(self, source: Any, enabled: bool) -> None:
@@ -70,13 +77,17 @@ class Backend:
         return int(self.info["num_classes"]) if "num_classes" in self.info else len(self.info["class_names"])
 
 
+def context_ratio_of(model: torch.nn.Module) -> int | None:
+    """r for a model that also takes each tile's context at r x the MPP (HookNet), else None."""
+    return int(model.ratio) if getattr(model, "context_from_image", False) else None
+
+
 def refuse_context_models(model: torch.nn.Module) -> None:
-    """Raise for a model that cuts its context from the whole image (HookNet): tiles alone cannot feed it."""
-    if getattr(model, "context_from_image", False):
+    """Raise for a model that needs the context around each tile (HookNet): an ONNX graph takes tiles only."""
+    if context_ratio_of(model):
         raise ConfigError(
-            f"{getattr(model, 'name', type(model).__name__)}: whole-slide prediction and ONNX export are not "
-            "supported yet for a model that needs the context around each tile (read at ratio x the MPP); "
-            "use `pathseg predict` on image tiles/ROIs or `pathseg evaluate`, which give it the whole image"
+            f"{getattr(model, 'name', type(model).__name__)}: ONNX export is not supported for a model that reads "
+            "the context around each tile (two inputs); run it with --backend torch (the default for it)"
         )
 
 
@@ -87,8 +98,8 @@ class TorchBackend(Backend):
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, device: str | None = None,
                  threads: int | None = None, stain_norm: bool = True, source: Any = "the checkpoint") -> None:
-        refuse_context_models(model)
         self.info = info
+        self.context_ratio = context_ratio_of(model)
         self._load_stain(source, stain_norm)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
@@ -100,16 +111,19 @@ class TorchBackend(Backend):
 
         self.mean, self.std = stat("mean", 0.0), stat("std", 1.0)
 
-    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.as_tensor(self._stain_normalise(batch)).to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float()
-            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-            if self.device.startswith("cuda"):
-                with torch.autocast("cuda", dtype=torch.float16):
-                    logits = self.model(x)
-            else:
-                logits = self.model(x)
+    def _input(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(self._stain_normalise(batch)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, batch: np.ndarray | torch.Tensor, context: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        if self.context_ratio and context is None:
+            raise ConfigError(f"{self.info.get('model')}: this model needs each tile's context (at "
+                              f"{self.context_ratio}x the MPP) as well as the tile")
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
+                                                    enabled=self.device.startswith("cuda")):
+            x = self._input(batch)
+            logits = self.model(x, self._input(context))["target"] if self.context_ratio else self.model(x)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
@@ -141,7 +155,7 @@ class OnnxBackend(Backend):
         self.mean = (np.asarray(self.info.get("mean", (0, 0, 0)), np.float32) * 255).reshape(1, 3, 1, 1)
         self.inv_std = (1.0 / (np.asarray(self.info.get("std", (1, 1, 1)), np.float32) * 255)).reshape(1, 3, 1, 1)
 
-    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    def __call__(self, batch: np.ndarray | torch.Tensor, context: np.ndarray | None = None) -> np.ndarray:
         x = np.asarray(self._stain_normalise(batch)).transpose(0, 3, 1, 2).astype(np.float32)
         x = np.ascontiguousarray((x - self.mean) * self.inv_std)
         return self.session.run(None, {self.input_name: x})[0]
@@ -165,22 +179,26 @@ def load_backend(checkpoint: str | os.PathLike, *, backend: str = "auto", cache_
 
     With ``backend="onnx"`` and a torch checkpoint, the model is exported once to
     ``cache_dir/<checkpoint stem>-<hash>.onnx`` (default: beside the checkpoint, else a temp folder).
-    ``stain_norm=False`` skips the checkpoint's stain normalisation.
+    ``backend="auto"``: ONNX Runtime on CPU (``device="cpu"``, or no CUDA), torch on CUDA and for models
+    that read each tile's context. ``stain_norm=False`` skips the checkpoint's stain normalisation.
     """
     checkpoint = Path(checkpoint)
-    name = resolve_backend_name(backend)
+    name = DEFAULT_CPU_BACKEND if backend == "auto" and device == "cpu" else resolve_backend_name(backend)
     if checkpoint.suffix == ".onnx":
         if name != "onnx":
             if backend != "auto":
                 raise ConfigError(f"{checkpoint}: an .onnx model runs only with backend 'onnx', not {backend!r}")
             name = "onnx"
         return OnnxBackend(checkpoint, threads=threads, stain_norm=stain_norm)
-    if name == "onnx":
-        from pathseg.inference.onnx import cached_export
-
-        return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads,
-                           stain_norm=stain_norm, source=checkpoint)
     from pathseg.engine.checkpoint import load_model
 
     model, info = load_model(checkpoint)
+    if name == "onnx" and backend == "auto" and context_ratio_of(model):
+        name = "torch"  # the ONNX graph takes the tile only; a context model runs in torch
+    if name == "onnx":
+        from pathseg.inference.onnx import cached_export
+
+        refuse_context_models(model)
+        return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads,
+                           stain_norm=stain_norm, source=checkpoint)
     return TorchBackend(model, info, device=device, threads=threads, stain_norm=stain_norm, source=checkpoint)

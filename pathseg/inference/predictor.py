@@ -108,24 +108,39 @@ class PredictConfig:
 class TileDataset(Dataset):
     """Reads tiles of one slide; a tile that fails to read comes back with ``ok=False`` and the error.
 
+    With ``context_ratio`` r (a HookNet checkpoint), each item also holds the tile's *context*: the
+    ``r·tile`` px region (at ``mpp``) centred on the tile, read at ``r·mpp`` as ``tile`` px -- the geometry of
+    :func:`pathseg.data.context.cut_pair` in training, except that beyond the slide's edge it is the
+    slide's white rather than a mirror image.
+
     Shape:
-        item -> {"index": int, "image": (tile, tile, 3) uint8 tensor, "ok": bool, "error": str}
+        item -> {"index": int, "image": (tile, tile, 3) uint8 tensor, ["context": same], "ok": bool, "error": str}
     """
 
-    def __init__(self, slide: SlideReader, tiles: list[Tile], order: list[int], *, tile: int, mpp: float) -> None:
+    def __init__(self, slide: SlideReader, tiles: list[Tile], order: list[int], *, tile: int, mpp: float,
+                 context_ratio: int | None = None) -> None:
         self.slide, self.tiles, self.order, self.tile, self.mpp = slide, tiles, order, tile, mpp
+        self.context_ratio = context_ratio
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         t = self.tiles[self.order[i]]
-        try:
-            img = self.slide.read_region(t.x0, t.y0, self.tile, self.tile, mpp=self.mpp)
-            return {"index": t.index, "image": torch.from_numpy(np.ascontiguousarray(img)), "ok": True, "error": ""}
-        except SlideError as e:
-            return {"index": t.index, "image": torch.zeros((self.tile, self.tile, 3), dtype=torch.uint8),
-                    "ok": False, "error": str(e)}
+        views = {"image": (t.x0, t.y0, self.mpp)}
+        if self.context_ratio:
+            r = self.context_ratio
+            shift = (r - 1) * self.tile / 2 * self.mpp / self.slide.mpp  # level-0 px from the tile's to the context's corner
+            views["context"] = (t.x0 - shift, t.y0 - shift, r * self.mpp)
+        item: dict[str, Any] = {"index": t.index, "ok": True, "error": ""}
+        for key, (x0, y0, mpp) in views.items():
+            try:
+                img = self.slide.read_region(x0, y0, self.tile, self.tile, mpp=mpp)
+            except SlideError as e:
+                img = np.zeros((self.tile, self.tile, 3), np.uint8)
+                item.update(ok=False, error=str(e))
+            item[key] = torch.from_numpy(np.ascontiguousarray(img))
+        return item
 
 
 def _worker_init(_: int) -> None:
@@ -152,6 +167,9 @@ class SlidePredictor:
         if backend.stain is not None:  # other pixels in, other outputs: a run without it is not reused
             self.model_id += f":stain={backend.info['stain']['method']}"
         self.progress = progress
+        if backend.context_ratio and self.config.tile % 64:
+            raise ConfigError(f"{backend.info.get('model')}: the tile size must be a multiple of 64 px for a model "
+                              f"that hooks in each tile's context, got {self.config.tile}; pass e.g. --tile 512")
         self.class_names = list(backend.info["class_names"])
         self.colors = [list(c) for c in backend.info.get("colors") or []]
         if len(self.colors) < len(self.class_names):
@@ -244,7 +262,7 @@ class SlidePredictor:
         resumed = n_done > 0
 
         # -- inference ------------------------------------------------------------------------------
-        ds = TileDataset(slide, tiles, order, tile=cfg.tile, mpp=out_mpp)
+        ds = TileDataset(slide, tiles, order, tile=cfg.tile, mpp=out_mpp, context_ratio=self.backend.context_ratio)
         loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                             worker_init_fn=_worker_init if cfg.workers else None,
                             pin_memory=self.backend.device.startswith("cuda"),
@@ -258,7 +276,11 @@ class SlidePredictor:
         for batch in loader:
             ok = batch["ok"].numpy()
             t0 = time.perf_counter()
-            probs = self.backend(batch["image"][torch.as_tensor(ok)].numpy()) if ok.any() else None
+            read = torch.as_tensor(ok)
+            probs = None
+            if ok.any():
+                context = batch["context"][read].numpy() if "context" in batch else None
+                probs = self.backend(batch["image"][read].numpy(), context)
             t1 = time.perf_counter()
             j = 0
             for idx, good, err in zip(batch["index"].tolist(), ok, batch["error"]):
@@ -312,6 +334,7 @@ class SlidePredictor:
                 "mpp_override": mpp_override, "mpp": slide.mpp,
             },
             "model": {k: self.backend.info.get(k) for k in ("model", "encoder", "num_classes", "class_names", "mpp")},
+            "context_ratio": self.backend.context_ratio,
             "stain_normalisation": None if self.backend.stain is None else self.backend.info["stain"]["method"],
             "model_id": self.model_id[:200],
             "backend": self.backend.name,

@@ -108,7 +108,9 @@ def create_model(
     """
     if name in NETWORKS:
         ENCODERS.get(encoder)
-        return NETWORKS.get(name)(encoder=encoder, num_classes=num_classes, weights=weights, **kwargs)
+        net = NETWORKS.get(name)(encoder=encoder, num_classes=num_classes, weights=weights, **kwargs)
+        net.build_options = dict(kwargs)  # saved in checkpoints, so load_model rebuilds the same shape
+        return net
     if name not in DECODERS:
         names = sorted(set(DECODERS.names()) | set(NETWORKS.names()))
         raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, names)} "
@@ -117,6 +119,7 @@ def create_model(
     smp_encoder = ENCODERS.get(encoder)
     net = builder(encoder_name=smp_encoder, encoder_weights=None, classes=num_classes, **kwargs)
     model = SegModel(net, num_classes, name=name, encoder=encoder)
+    model.build_options = dict(kwargs)
     if weights is not None:
         load_encoder_weights(model, weights)
     return model

@@ -25,8 +25,9 @@ the weights), so they load without the file.
 
 With one input in eval mode, ``model(image)`` keeps the SegModel contract (whole-image logits, what
 validation, ``pathseg evaluate`` and ``pathseg predict`` on images call): :meth:`HookNet.segment` tiles the
-image into ``tile`` px targets and cuts each one's context from the same image. Whole slides are refused
-for now (:mod:`pathseg.inference` feeds the model one tile at a time, without the context around it).
+image into ``tile`` px targets and cuts each one's context from the same image. On whole slides,
+:mod:`pathseg.inference` reads each tile's context from the slide at ``ratio`` x the MPP and calls
+``model(tile, context)`` (torch backend; ONNX export is refused: the graph would take two inputs).
 
 Example:
     >>> net = create_hooknet("resnet18", num_classes=2, ratio=4)
@@ -115,7 +116,7 @@ class HookNet(nn.Module):
     """
 
     init_only_options = ("context_weights",)  # builder options not saved in checkpoints (see rebuild_options)
-    context_from_image = True  # needs the image around each tile: slide tiling alone cannot feed it
+    context_from_image = True  # needs the image around each tile: slide prediction reads it (inference)
 
     def __init__(self, encoder: str = "resnet18", num_classes: int = 2, ratio: int = 4, tile: int = 256) -> None:
         super().__init__()

@@ -87,13 +87,11 @@ class SlideWorker:
                 os.chdir(cwd)
             import torch
 
-            from pathseg.inference.backends import DEFAULT_CPU_BACKEND, load_backend
+            from pathseg.inference.backends import load_backend
             from pathseg.inference.onnx import file_digest
             from pathseg.inference.predictor import SlidePredictor
 
             torch.set_num_threads(threads)
-            if device == "cpu" and backend == "auto":
-                backend = DEFAULT_CPU_BACKEND
             checkpoint, out = Path(checkpoint), Path(out)
             be = load_backend(checkpoint, backend=backend, cache_dir=out / ".onnx-cache", tile=config.tile,
                               device=device, threads=threads, stain_norm=stain_norm)

@@ -190,7 +190,6 @@ def test_create_model_and_load_model_round_trip(tmp_path):
     assert isinstance(net, HookNet)
     assert (net.name, net.encoder_name, net.num_classes, net.ratio, net.tile) == ("hooknet", "resnet18", 3, R, T)
     _assert_encoders_equal(net, paths)
-    net.build_options = {"ratio": R, "context_weights": str(paths["context"]), "tile": T}
     ckpt = save_model_checkpoint(tmp_path / "hn.ckpt", net, ["a", "b", "c"], mpp=0.5)
     paths["context"].unlink()  # the checkpoint does not need the file: the state dict has the weights
     loaded, info = load_model(ckpt)
@@ -203,10 +202,10 @@ def test_create_model_and_load_model_round_trip(tmp_path):
         assert torch.equal(net(whole), loaded(whole))
     with pytest.raises(ConfigError, match="Did you mean 'ratio'"):
         create_model("hooknet", ratoi=4)
-    with pytest.raises(ConfigError, match="whole-slide"):
-        from pathseg.inference.backends import TorchBackend
+    with pytest.raises(ConfigError, match="ONNX export is not supported"):  # two inputs; slides run it in torch
+        from pathseg.inference.onnx import export_model_onnx
 
-        TorchBackend(loaded, info, device="cpu", threads=1)
+        export_model_onnx(loaded, info, tmp_path / "hn.onnx", tile=T)
 
 
 # -- (c, d) pathseg train / evaluate / predict, fine-tuning from a DSF export ---------------------
