@@ -113,7 +113,7 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
     target encoder from ``weights`` and the context encoder from the DSF-WSI export's context branch
     (SimSiam, which has one encoder, initialises both), on concentric target/context pairs at the
     pretraining's 2:1 ratio (``pathseg.data.context.cut_pair``); scored through ``HookNet.segment`` with
-    ``crop`` px tiles, the training geometry.
+    ``crop`` px tiles, the training geometry, on the whole held-out image (cropped afterwards).
     """
     from pathseg.data.context import cut_pair
     from pathseg.data.sample import IGNORE_INDEX
@@ -169,7 +169,11 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
         for img, msk in zip(data["test"]["images"], data["test"]["masks"]):
             y0, x0 = max(0, (img.shape[0] - e) // 2), max(0, (img.shape[1] - e) // 2)
             im, mk = img[y0:y0 + e, x0:x0 + e], msk[y0:y0 + e, x0:x0 + e]
-            pred = model(to_tensor({"image": np.ascontiguousarray(im)})["image"][None]).argmax(1)[0].numpy()
+            if args.model == "hooknet":  # the whole image, so tiles at the crop's border get their true context
+                whole = model(to_tensor({"image": img})["image"][None]).argmax(1)[0].numpy()
+                pred = whole[y0:y0 + e, x0:x0 + e]
+            else:
+                pred = model(to_tensor({"image": np.ascontiguousarray(im)})["image"][None]).argmax(1)[0].numpy()
             cm += np.bincount(2 * mk.ravel() + pred.ravel(), minlength=4).reshape(2, 2)
     m = metrics_from_confusion(cm)
     return {"F1": float(m["Dice/1"]), "accuracy": float(m["accuracy"])}, time.time() - t0
