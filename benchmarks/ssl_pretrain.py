@@ -248,7 +248,9 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               f"- Time: {sum(r['seconds'] for r in rows) / 60:.0f} min of fine-tuning rows + "
               f"{sum(pre_seconds.values()) / 60:.0f} min pretraining, wall clock of one-thread processes that ran "
               "side by side with other benchmarks on the 2 shared cores (contention included).",
-              f"- Evaluation: centre {args.eval_crop} px crop of each held-out image (MoNuSeg: 14 official test "
+              f"- Evaluation: centre {args.eval_crop} px crop of each held-out image"
+              + (" (HookNet segments the whole image, then the crop is taken)" if args.model == "hooknet" else "")
+              + f" (MoNuSeg: 14 official test "
               f"images; GlaS: {GLAS_HOLDOUT} seeded held-out training images), pixel metrics pooled over the set.",
               ""]
     return "\n".join(lines)

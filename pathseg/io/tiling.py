@@ -241,8 +241,9 @@ def paired_grid(slide, spec: PairSpec, *, tissue=None) -> list[TilePair]:
 def read_pair(slide, spec: PairSpec, pair: TilePair) -> dict[str, np.ndarray]:
     """Read one pair: ``{"context": (Sc, Sc, 3), "targets": (k*k, St, St, 3), "offsets": (k*k, 2)}`` uint8/float."""
     ctx = slide.read_region(*pair.context_origin, spec.context_size, spec.context_size, mpp=spec.context_mpp)
-    tg = np.stack([slide.read_region(x, y, spec.target_size, spec.target_size, mpp=spec.target_mpp)
-                   for x, y in pair.target_origins])
+    k, t = spec.per_side, spec.target_size  # the k x k targets tile one block: read it once and cut it (row-major)
+    block = slide.read_region(*pair.target_origins[0], k * t, k * t, mpp=spec.target_mpp)
+    tg = block.reshape(k, t, k, t, 3).swapaxes(1, 2).reshape(k * k, t, t, 3)
     return {"context": ctx, "targets": tg, "offsets": np.asarray(pair.target_offsets, np.float32)}
 
 

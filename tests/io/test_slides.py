@@ -131,3 +131,29 @@ def test_big_shrinks_from_a_single_level_are_read_in_bands(tmp_path, monkeypatch
         monkeypatch.setattr(slides, "MAX_SOURCE_PIXELS", 120 * 120)
         np.testing.assert_array_equal(s.read_all(6.0), whole)
         assert whole.shape == (100, 150, 3)
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_small_tiff_levels_read_whole_give_the_stored_pixels(tmp_path, monkeypatch, shared_data, real):
+    """A small level is decoded once and sliced; a large one is read region by region: both give the file's pixels."""
+    import tifffile
+
+    import pathseg.io.slides as slides
+
+    if real:  # MoNuSeg: 1000 x 1000 LZW strips of 2 rows
+        path = sorted((shared_data / "monuseg2018" / "train" / "images").glob("*.tif"))[:1]
+        if not path:
+            pytest.skip("MoNuSeg not in ../shared")
+        path = path[0]
+    else:
+        path = tmp_path / "strips.tif"
+        tifffile.imwrite(path, np.random.default_rng(1).integers(0, 255, (300, 500, 3), dtype=np.uint8),
+                         rowsperstrip=2, compression="zlib")
+    stored = tifffile.imread(path)
+    boxes = [(0, 0, 64, 64), (37, 101, 128, 96), (stored.shape[1] - 50, stored.shape[0] - 20, 50, 20)]
+    for small in (slides.SMALL_LEVEL_PIXELS, 0):  # 0: every level counts as large
+        monkeypatch.setattr(slides, "SMALL_LEVEL_PIXELS", small)
+        with open_slide(path, mpp_override=0.25) as s:
+            for x, y, w, h in boxes:
+                np.testing.assert_array_equal(s.read_level_region(0, x, y, w, h), stored[y:y + h, x:x + w])
+            assert bool(s._whole) == bool(small)

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pathseg.errors import DataError
+from pathseg.io.slides import SMALL_LEVEL_PIXELS
 from pathseg.io.tiling import PairSpec, TilePair, paired_grid, read_pair
 
 #: SimSiam's default colour augmentations, in pathseg transform names (the crop and flip are done here)
@@ -37,6 +38,9 @@ SIMSIAM_AUGMENT: list[dict[str, Any]] = [
     {"name": "blur", "p": 0.5, "sigma": [0.1, 2.0]},
 ]
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Readers kept open: this many slides, and small images up to this many pixels in all (~0.8 GB decoded).
+OPEN_SLIDES = 5
+OPEN_IMAGE_PIXELS = 256 * 1024 * 1024
 
 
 def expand_sources(sources: list[str | dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,8 +122,6 @@ class UnlabeledPairs(Dataset):
             self.extent.append((w0, h0, self.spec.block_um / slide.mpp))
             f["mpp_from"] = "config" if f.get("mpp") else "metadata"
             f["pairs"], f["mpp"], f["size"] = len(pairs), float(slide.mpp), [int(w0), int(h0)]
-            if len(self._readers) > 4:  # keep few files open
-                self._readers.pop(next(iter(self._readers))).close()
         self.weights = np.array([len(p) for p in self.pairs], dtype=np.float64)
         if self.weights.sum() == 0:
             raise DataError(f"no tissue pairs of {self.spec.block_um:g} µm in the pretraining sources; lower "
@@ -132,7 +134,26 @@ class UnlabeledPairs(Dataset):
         if i not in self._readers:
             f = self.files[i]
             self._readers[i] = open_slide(f["path"], mpp_override=f.get("mpp"))
+            self._evict(keep=i)
         return self._readers[i]
+
+    def _evict(self, keep: int) -> None:
+        """Close the oldest readers beyond :data:`OPEN_SLIDES` slides, or beyond :data:`OPEN_IMAGE_PIXELS` of
+        small images (those stay decoded in memory, so a folder of tiles is decoded once, not once a draw)."""
+        def pixels(k: int) -> int:
+            w, h = self._readers[k].dimensions
+            return int(w) * int(h)
+
+        small = [k for k in self._readers if k != keep and pixels(k) <= SMALL_LEVEL_PIXELS]
+        large = [k for k in self._readers if k != keep and k not in small]
+        for k in large[:max(0, len(large) - OPEN_SLIDES + 1)]:
+            self._readers.pop(k).close()
+        total = sum(pixels(k) for k in small)
+        for k in small:
+            if total <= OPEN_IMAGE_PIXELS:
+                break
+            total -= pixels(k)
+            self._readers.pop(k).close()
 
     def record(self) -> dict[str, Any]:
         """What these pairs come from: files (path, MPP, size, pairs) and the pair geometry."""
@@ -153,11 +174,7 @@ class UnlabeledPairs(Dataset):
         dx, dy = nx - bx, ny - by
         shifted = TilePair(pair.index, (pair.context_origin[0] + dx, pair.context_origin[1] + dy),
                            tuple((x + dx, y + dy) for x, y in pair.target_origins), pair.target_offsets)
-        reader = self._reader(i)
-        if len(self._readers) > 4:
-            for k in [k for k in self._readers if k != i][:1]:
-                self._readers.pop(k).close()
-        return read_pair(reader, self.spec, shifted)
+        return read_pair(self._reader(i), self.spec, shifted)
 
     def _views(self, patch: np.ndarray, crop: RandomResizedCrop, rng: np.random.Generator) -> list[torch.Tensor]:
         from pathseg.transforms import to_tensor
