@@ -137,11 +137,13 @@ class Method(L.LightningModule):
         o = self.optim
         params = [p for p in self.parameters() if p.requires_grad]
         name = o["name"].lower()
-        if name == "sgd":
+        if name == "sgd":  # not fused: torch's fused SGD fails once a parameter gets its first gradient late
             opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
         elif name in ("adam", "adamw"):
+            # fused: one kernel per step instead of ~10 per tensor, the same update; measured 4x faster over
+            # a U-Net/ResNet-18 on this CPU (0.24 -> 0.06 s a step)
             cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=o["lr"], weight_decay=o["weight_decay"])
+            opt = cls(params, lr=o["lr"], weight_decay=o["weight_decay"], fused=fused_capable(params))
         else:
             from pathseg.errors import ConfigError
 
@@ -149,6 +151,12 @@ class Method(L.LightningModule):
         total, power = max(1, self.max_steps), o["poly_power"]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - min(t, total) / total) ** power)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def fused_capable(params: list[torch.Tensor]) -> bool | None:
+    """True when torch's fused optimiser kernels can take ``params`` (floating point, on CPU or CUDA)."""
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
 
 
 def predict_logits(model: SegModel, image: torch.Tensor, *, channels_last: bool = True, multiple: int = 32) -> torch.Tensor:

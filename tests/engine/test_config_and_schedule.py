@@ -75,6 +75,28 @@ def test_optimisers_by_name():
         METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"], optim={"name": "lbfgs"}).configure_optimizers()
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_adam_makes_the_hand_computed_first_step(name):
+    """Step 1 of Adam (bias-corrected m = g, v = g^2): p -= lr * g / (|g| + eps), with g += wd * p for Adam's L2
+    and p *= 1 - lr * wd for AdamW's decoupled decay; a parameter without a gradient stays put."""
+    lr, wd, eps = 0.01, 0.1, 1e-8
+    m = METHODS.get("supervised")(create_model("unet"), class_names=["a", "b"],
+                                  optim={"name": name, "lr": lr, "weight_decay": wd})
+    opt = m.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"] is True
+    params = [p for p in m.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    torch.manual_seed(0)
+    for p in params[1:]:  # params[0] gets no gradient this step
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert torch.equal(params[0], before[0])
+    for p, p0 in zip(params[1:], before[1:]):
+        g = p.grad + wd * p0 if name == "adam" else p.grad
+        want = (p0 * (1 - lr * wd) if name == "adamw" else p0) - lr * g / (g.abs() + eps)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_model_options_reach_the_builder_and_the_checkpoint(tmp_path):
     from pathseg.engine.checkpoint import load_model, save_model_checkpoint
     from pathseg.engine.train import build_method

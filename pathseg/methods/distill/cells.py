@@ -267,7 +267,10 @@ def train_classifier(
     if len(x) == 0:
         raise DataError("train_classifier: no training patches (are any labels known?)")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    from pathseg.methods.base import fused_capable
+
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused_capable(params))
     soft = target.ndim == 2
     losses: list[float] = []
     t0 = time.time()
