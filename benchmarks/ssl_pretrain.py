@@ -180,7 +180,43 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
 
 
 #: What the committed tables show, by fine-tuned model (written from the numbers after the runs)
-FINDINGS = {"unet": "", "hooknet": ""}
+FINDINGS = {"unet": """
+Run: `--datasets monuseg --seeds 0,1 --name ssl_p1`, then `--datasets glas --seeds 2 --name ssl_p1`, and
+`--datasets glas --seeds 0,1 --name ssl_p2`, then `--datasets monuseg --seeds 2 --name ssl_p2` (all with
+`--work runs/bench/ssl_v2 --ft-steps 300 --budget-min 1000`, two processes side by side), merged with
+`--fresh --merge ssl_p1,ssl_p2 --name ssl_pretrain`. 45 fine-tuning runs, 54 rows.
+
+- The paper's order (DSF-WSI > SimSiam > random, gap largest at 1%) holds only in part, and not significantly.
+  At the fewest labels (one labelled image, MoNuSeg 1% and GlaS 1%/10%), both pretrained encoders are above
+  random init in the mean, and that is where the gap is largest (MoNuSeg 1%: SimSiam +0.098, DSF-WSI +0.090
+  F1). Paired by seed, though, the MoNuSeg gain comes from one seed, in which random init failed (F1 0.271).
+  The other two seeds give -0.173 / +0.052 (SimSiam) and -0.024 / -0.030 (DSF-WSI). On GlaS the gain is
+  +0.02-0.03, inside the seed spread (per seed -0.046 to +0.076).
+- DSF-WSI does not beat SimSiam: 0.562 against 0.569 on MoNuSeg 1%, 0.603 against 0.600 on GlaS 1%. It has
+  the smaller spread at MoNuSeg 1% (std 0.035 against 0.146). Its pretraining cost 2x SimSiam's (2,280 s
+  against 1,143 s).
+- With more labels, pretraining hurts, and consistently so. At MoNuSeg 10%, both encoders are 0.036 F1 below
+  random init, all 3 seeds negative for both. At MoNuSeg 50% they are 0.018 / 0.027 below, and at GlaS 50%
+  0.045 / 0.024 below.
+- One SimSiam run diverged. At MoNuSeg 1%, seed 1, it predicts nuclei almost everywhere: accuracy 0.239,
+  F1 0.364. Hence SimSiam's accuracy 0.635 ± 0.281 in that cell.
+
+Why, as far as this run shows:
+- The pretraining is tiny: 500 steps, 8,000 target patches of 64 px in all, against the paper's hundreds of
+  epochs over many slides. It did not settle either. The SimSiam loss was at -0.83 (floor -1) at step 500.
+  DSF-WSI's context and fusion terms reached -1.6 / -1.5 (floor -2.2) near step 300, then fell back to
+  -0.07 / +0.14 by step 500 at the constant lr 1e-3. So the exported DSF-WSI weights come from a point where
+  the cross-branch terms were not being met.
+- Neither encoder collapsed. The spread of the l2-normalised pooled features over 64 MoNuSeg test patches,
+  sqrt(d)·std (1 for spread-out features, 0 for collapse), at stages 1-4:
+  random 0.17 / 0.10 / 0.10 / 0.13; SimSiam 0.27 / 0.33 / 0.51 / 0.57; DSF-WSI target 0.42 / 0.44 / 0.31 / 0.23;
+  DSF-WSI context 0.44 / 0.48 / 0.44 / 0.33.
+- Fine-tuning retrains everything: 300 Adam steps at 1e-3 on all layers. With 3 or more labelled images, random
+  init catches up within those steps at this scale.
+- A hypothesis, not tested here: SimSiam's colour jitter (hue 0.1, saturation 0.4) and 20% greyscale teach
+  features that ignore colour. Haematoxylin's colour is the main cue for nuclei, and that would fit the
+  consistent loss at 10-50% on MoNuSeg.
+""", "hooknet": ""}
 
 
 def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
