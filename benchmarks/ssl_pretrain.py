@@ -216,7 +216,25 @@ Why, as far as this run shows:
 - A hypothesis, not tested here: SimSiam's colour jitter (hue 0.1, saturation 0.4) and 20% greyscale teach
   features that ignore colour. Haematoxylin's colour is the main cue for nuclei, and that would fit the
   consistent loss at 10-50% on MoNuSeg.
-""", "hooknet": ""}
+""", "hooknet": """
+Run: one process per seed, `--work runs/bench/ssl_v2 --ft-steps 300 --budget-min 1000 --model hooknet
+--datasets monuseg --seeds N --name ssl_hooknet_monuseg[_sN]`, merged with `--fresh --merge
+ssl_hooknet_monuseg,ssl_hooknet_monuseg_s1,ssl_hooknet_monuseg_s2 --name ssl_pretrain_hooknet`. 27 runs, MoNuSeg
+only: the GlaS rows were not run (CPU time).
+
+- With HookNet, the published fine-tuning model, no encoder gains anything over random init. At 1%: random 0.582,
+  SimSiam 0.574, DSF-WSI 0.557 F1, per-seed deltas of mixed sign (DSF-WSI -0.064 / +0.053 / -0.061). At 10%
+  and 50% all three are within 0.014 of each other. The paper's DSF-WSI > SimSiam > random is not seen.
+- HookNet's context does not beat the U-Net at this scale, the same encoder init and seed compared (table file
+  ssl_pretrain.json). From random init, HookNet is +0.11 at 1%, all of it from the seed in which the U-Net failed
+  (+0.357, then -0.068 / +0.040). It is -0.023 at 10% and -0.020 at 50%. From the pretrained encoders, the two
+  models are within 0.01 in the mean.
+- HookNet did make the 1% fine-tunes steadier: F1 std 0.080 from random init (U-Net 0.145), and no all-nuclei
+  divergence.
+- Two things stand against context here. MoNuSeg is nuclei, where a 2x field of view adds little (the paper
+  segments tumour regions). And the context is 64 px at 1.0 µm/px: a 64 µm field around a 32 µm target. This says
+  nothing about HookNet on tissue-region tasks.
+"""}
 
 
 def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
