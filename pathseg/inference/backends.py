@@ -82,10 +82,14 @@ def context_ratio_of(model: torch.nn.Module) -> int | None:
     return int(model.ratio) if getattr(model, "context_from_image", False) else None
 
 
+class NeedsContextError(ConfigError):
+    """The model reads each tile's context (HookNet), which an ONNX graph of one input cannot take."""
+
+
 def refuse_context_models(model: torch.nn.Module) -> None:
     """Raise for a model that needs the context around each tile (HookNet): an ONNX graph takes tiles only."""
     if context_ratio_of(model):
-        raise ConfigError(
+        raise NeedsContextError(
             f"{getattr(model, 'name', type(model).__name__)}: ONNX export is not supported for a model that reads "
             "the context around each tile (two inputs); run it with --backend torch (the default for it)"
         )
@@ -190,15 +194,17 @@ def load_backend(checkpoint: str | os.PathLike, *, backend: str = "auto", cache_
                 raise ConfigError(f"{checkpoint}: an .onnx model runs only with backend 'onnx', not {backend!r}")
             name = "onnx"
         return OnnxBackend(checkpoint, threads=threads, stain_norm=stain_norm)
-    from pathseg.engine.checkpoint import load_model
-
-    model, info = load_model(checkpoint)
-    if name == "onnx" and backend == "auto" and context_ratio_of(model):
-        name = "torch"  # the ONNX graph takes the tile only; a context model runs in torch
     if name == "onnx":
         from pathseg.inference.onnx import cached_export
 
-        refuse_context_models(model)
-        return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads,
-                           stain_norm=stain_norm, source=checkpoint)
+        try:  # a cached export is used without loading the checkpoint
+            return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads,
+                               stain_norm=stain_norm, source=checkpoint)
+        except NeedsContextError:
+            if backend != "auto":
+                raise
+            # the ONNX graph takes the tile only; a context model (HookNet) runs in torch
+    from pathseg.engine.checkpoint import load_model
+
+    model, info = load_model(checkpoint)
     return TorchBackend(model, info, device=device, threads=threads, stain_norm=stain_norm, source=checkpoint)

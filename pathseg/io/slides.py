@@ -54,7 +54,8 @@ MPP_TOLERANCE = 0.05
 MAX_SOURCE_PIXELS = 8192 * 8192
 #: TIFF levels up to this many pixels are decoded whole on first read and kept (plain tiles such as MoNuSeg's
 #: 1000 x 1000 LZW strips: a 64 px read through zarr decodes ~1/3 of the strips; the whole image costs ~3x that).
-SMALL_LEVEL_PIXELS = 4096 * 4096
+#: Kept small: each DataLoader worker holds its own reader, so a large level would be decoded once per worker.
+SMALL_LEVEL_PIXELS = 2048 * 2048
 #: MPP values outside this range in resolution tags are taken as "not set" (72 dpi defaults etc.).
 PLAUSIBLE_MPP = (0.05, 100.0)
 
