@@ -16,14 +16,16 @@ Views:
     ``view="grade"``: classes background / benign gland / malignant gland; every gland pixel takes the
     image's grade (GlaS grades whole images, not glands).
 
-``labels`` is always the one-hot image grade ``[benign, malignant]`` (a real weak label);
-``meta["source"]`` is ``"patient<ID>"`` from Grade.csv (group by it to keep a patient on one side of a
-split). Sizes vary (775x522 mostly, not all): nothing here assumes one.
+Every image found on disk is used (the count is not assumed); each must have a row in Grade.csv, which
+gives its grade and its patient. ``labels`` is always the one-hot image grade ``[benign, malignant]``
+(a real weak label). The patient ID (column 2 of Grade.csv) is ``meta["patient"]`` of each sample and
+``GlaS.patients`` (one per image); ``meta["source"]`` / ``GlaS.sources`` is ``"patient<ID>"``, the group
+that ``by="source"`` splits keep on one side. Sizes vary (775x522 mostly, not all): nothing here assumes one.
 
 Example:
     >>> ds = GlaS(view="grade")  # doctest: +SKIP
-    >>> s = ds[0]; s["labels"], sorted(set(s["mask"].ravel()))  # doctest: +SKIP
-    (array([0., 1.], dtype=float32), [0, 2])
+    >>> s = ds[0]; s["labels"], sorted(set(s["mask"].ravel())), s["meta"]["patient"]  # doctest: +SKIP
+    (array([0., 1.], dtype=float32), [0, 2], '2')
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class GlaS(SegmentationDataset):
         split: ``"train"`` (default), ``"testA"``, ``"testB"``.
         view: ``"binary"`` (background/gland) or ``"grade"`` (background/benign gland/malignant gland).
         mpp: resolution to report (default :data:`GLAS_NOMINAL_MPP`).
+
+    Attributes (one entry per image, in ``ids`` order): ``patients`` (Grade.csv patient IDs) and
+    ``sources`` (``"patient<ID>"``); ``grade(i)`` and ``patient(i)`` for one image.
     """
 
     name = "glas"
@@ -129,11 +134,25 @@ class GlaS(SegmentationDataset):
         missing = [i for i in self.ids if i not in self.grades]
         if missing:
             raise DataError(f"{self.root / 'Grade.csv'}: no grade for {missing[:5]}; use the Grade.csv of this release")
-        self.sources = [f"patient{self.grades[i]['patient']}" for i in self.ids]
+
+    # computed from ``ids``, so they stay aligned in a ``subset`` view
+    @property
+    def patients(self) -> list[str]:
+        """Grade.csv patient ID of each image (``ids`` order)."""
+        return [self.grades[i]["patient"] for i in self.ids]
+
+    @property
+    def sources(self) -> list[str]:
+        """``"patient<ID>"`` of each image (``ids`` order): the groups of a patient-grouped split."""
+        return [f"patient{p}" for p in self.patients]
 
     def grade(self, i: int) -> str:
         """``"benign"`` or ``"malignant"`` for image ``i``."""
         return self.grades[self.ids[i]]["grade"]
+
+    def patient(self, i: int) -> str:
+        """Grade.csv patient ID of image ``i``."""
+        return self.grades[self.ids[i]]["patient"]
 
     def load(self, i: int) -> Sample:
         img_path, anno_path = self._images[i], self._annos[i]
@@ -151,14 +170,17 @@ class GlaS(SegmentationDataset):
         value = 1 if self.view == "binary" else 1 + GRADES.index(grade)
         mask = np.where(gland, value, 0).astype(np.int64)
         labels = np.array([grade == "benign", grade == "malignant"], dtype=np.float32)
-        return make_sample(
+        patient = self.patient(i)
+        sample = make_sample(
             image,
             mask,
             id=self.ids[i],
             instances=anno.astype(np.int32),
             labels=labels,
-            source=self.sources[i],
+            source=f"patient{patient}",
             mpp=self.mpp,
             path=str(img_path),
             num_classes=self.num_classes,
         )
+        sample["meta"]["patient"] = patient  # type: ignore[typeddict-unknown-key]
+        return sample

@@ -5,9 +5,18 @@ labels", Medical Image Analysis 68, 2021):
 
 * L_seg: pixel cross-entropy of the segmentation output (nearest-upsampled to the patch) on the
   segmentation samples, weighted per class by the inverse pixel frequency of the training masks
-  (``class_weights="auto"``: w_c = N / (K' · n_c) over the K' classes present, 1 for absent classes).
+  (``class_weights="auto"``: w_c = N / (K' · n_c), n_c pixels of class c, N = Σ n_c, over the K'
+  classes present; 1 for absent classes).
 * L_cls: cross-entropy of the image class vector (computed from the segmentation output, see
-  :mod:`pathseg.models.segcls`) on the classification samples, so it trains the segmentation path.
+  :mod:`pathseg.models.segcls`) on the classification samples, so it trains the segmentation path;
+  weighted per class the same way by the inverse label frequency of the training set's
+  classification samples (``cls_class_weights="auto"``: n_c = classification samples whose target
+  is c). The authors' code weights both losses by inverse frequency (it scales the weights to a
+  maximum of 1; a weighted-mean cross-entropy does not change with that scale).
+
+Both weights are computed once, when training starts, from the training dataset behind the
+trainer's loader (``pixel_class_counts()`` / ``label_class_counts()`` when the dataset has them,
+else by reading every sample); ``pixel_counts`` and ``label_counts`` keep the counts used.
 
 A batch mixes both kinds. A **classification sample** has no labelled pixel (mask all
 ``IGNORE_INDEX``) and a non-zero ``labels`` vector over the segmentation classes (its argmax is the
@@ -56,13 +65,22 @@ def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
 
 @METHODS.register("segcls")
 class SegCls(Method):
-    """Segmentation + classification labels through one network (model ``segcls``)."""
+    """Segmentation + classification labels through one network (model ``segcls``).
+
+    Parameters:
+        class_weights: weights of L_seg per class: ``"auto"`` (inverse pixel frequency of the training
+            masks, set when training starts), ``"none"``/``None`` (all 1) or a list of ``num_classes`` numbers.
+        cls_class_weights: weights of L_cls per class, the same choices; ``"auto"`` uses the inverse
+            label frequency of the training set's classification samples.
+        weight_seg, weight_cls: the factors of L_seg and L_cls in the total loss.
+    """
 
     def __init__(
         self,
         model,
         *,
         class_weights: str | list[float] | None = "auto",
+        cls_class_weights: str | list[float] | None = "auto",
         weight_seg: float = 1.0,
         weight_cls: float = 1.0,
         **kwargs: Any,
@@ -74,28 +92,38 @@ class SegCls(Method):
                 f"output); got model {getattr(model, 'name', '?')!r}"
             )
         k = model.num_classes
-        if isinstance(class_weights, str) and class_weights not in ("auto", "none"):
-            raise ConfigError(f"method.params.class_weights: 'auto', 'none', null or a list of {k} numbers; "
-                              f"got {class_weights!r}")
-        if isinstance(class_weights, (list, tuple)) and len(class_weights) != k:
-            raise ConfigError(f"method.params.class_weights: expected {k} numbers (one per class), got {class_weights}")
+        for key, value in (("class_weights", class_weights), ("cls_class_weights", cls_class_weights)):
+            if isinstance(value, str) and value not in ("auto", "none"):
+                raise ConfigError(f"method.params.{key}: 'auto', 'none', null or a list of {k} numbers; got {value!r}")
+            if isinstance(value, (list, tuple)) and len(value) != k:
+                raise ConfigError(f"method.params.{key}: expected {k} numbers (one per class), got {value}")
         if weight_seg < 0 or weight_cls < 0:
             raise ConfigError(f"method.params.weight_seg/weight_cls must be >= 0, got {weight_seg}, {weight_cls}")
-        self.class_weights_mode = class_weights
+        self.class_weights_mode, self.cls_class_weights_mode = class_weights, cls_class_weights
         self.weight_seg, self.weight_cls = float(weight_seg), float(weight_cls)
-        init = class_weights if isinstance(class_weights, (list, tuple)) else [1.0] * k
-        self.register_buffer("seg_weights", torch.tensor(init, dtype=torch.float32), persistent=False)
+        for buf, value in (("seg_weights", class_weights), ("cls_weights", cls_class_weights)):
+            init = value if isinstance(value, (list, tuple)) else [1.0] * k
+            self.register_buffer(buf, torch.tensor(init, dtype=torch.float32), persistent=False)
+        self.pixel_counts: list[int] | None = None
+        self.label_counts: list[int] | None = None
 
-    # -- class weights from the training masks ----------------------------------------------------
+    # -- class weights from the training set ------------------------------------------------------
     def on_train_start(self) -> None:
-        if self.class_weights_mode != "auto":
+        want_pixels = self.class_weights_mode == "auto"
+        want_labels = self.cls_class_weights_mode == "auto"
+        if not (want_pixels or want_labels):
             return
-        counts = _pixel_counts(self.trainer.train_dataloader, self.model.num_classes, self.ignore_index)
+        counts = _training_counts(self.trainer.train_dataloader, self.model.num_classes, self.ignore_index,
+                                  pixels=want_pixels, labels=want_labels)
         if counts is None:
             return
-        w = inverse_frequency_weights(counts)
-        self.seg_weights.copy_(torch.as_tensor(w, dtype=torch.float32))
-        self.pixel_counts = counts.tolist()
+        pixels, labels = counts
+        if pixels is not None:
+            self.seg_weights.copy_(torch.as_tensor(inverse_frequency_weights(pixels), dtype=torch.float32))
+            self.pixel_counts = pixels.tolist()
+        if labels is not None:
+            self.cls_weights.copy_(torch.as_tensor(inverse_frequency_weights(labels), dtype=torch.float32))
+            self.label_counts = labels.tolist()
 
     # -- the step ---------------------------------------------------------------------------------
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -123,7 +151,7 @@ class SegCls(Method):
             is_cls = torch.zeros_like(is_cls)
         if is_cls.any():
             target = labels[is_cls].argmax(1)
-            l_cls = F.cross_entropy(cls_logits[is_cls], target)
+            l_cls = F.cross_entropy(cls_logits[is_cls], target, weight=self.cls_weights.to(cls_logits.dtype))
             cls_acc = (cls_logits[is_cls].argmax(1) == target).float().mean()
         else:
             l_cls, cls_acc = zero, zero.detach()
@@ -137,8 +165,18 @@ class SegCls(Method):
         }
 
 
-def _pixel_counts(loader: Any, k: int, ignore_index: int) -> np.ndarray | None:
-    """Pixel class counts of the training masks behind a (Combined)DataLoader, or None if not reachable."""
+def _training_counts(
+    loader: Any, k: int, ignore_index: int, *, pixels: bool = True, labels: bool = True
+) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """Pixel class counts of the training masks and label counts of the classification samples.
+
+    The dataset is the one behind a (Combined)DataLoader (its labelled loader), unwrapped through
+    ``.dataset`` views. Its ``pixel_class_counts()`` / ``label_class_counts()`` are used when present;
+    otherwise every sample is read once. A classification sample is one with no labelled pixel and a
+    non-zero ``labels`` vector of length ``k`` (as in :meth:`SegCls.training_losses`); its class is the
+    argmax. Returns ``(pixels, labels)``, each (k,) int64 or None when not asked for; None when no
+    dataset is reachable.
+    """
     ds = getattr(loader, "dataset", None)
     if ds is None:  # CombinedLoader: the labelled loader
         its = getattr(loader, "iterables", None)
@@ -148,12 +186,25 @@ def _pixel_counts(loader: Any, k: int, ignore_index: int) -> np.ndarray | None:
         ds = ds.dataset  # TensorView -> the adapter
     if ds is None:
         return None
-    if hasattr(ds, "pixel_class_counts"):
-        return np.asarray(ds.pixel_class_counts(), dtype=np.int64)[:k]
-    counts = np.zeros(k, np.int64)
-    for i in range(len(ds)):
-        m = ds[i].get("mask")
-        if m is not None:
+    pix = np.asarray(ds.pixel_class_counts(), dtype=np.int64)[:k] if pixels and hasattr(ds, "pixel_class_counts") else None
+    lab = np.asarray(ds.label_class_counts(), dtype=np.int64)[:k] if labels and hasattr(ds, "label_class_counts") else None
+    need_pix, need_lab = pixels and pix is None, labels and lab is None
+    if need_pix or need_lab:
+        pix_acc, lab_acc = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        for i in range(len(ds)):
+            s = ds[i]
+            m = s.get("mask")
+            if m is None:
+                continue
             m = np.asarray(m)
-            counts += np.bincount(m[m != ignore_index].ravel(), minlength=k)[:k]
-    return counts
+            scored = m != ignore_index
+            if need_pix:
+                pix_acc += np.bincount(m[scored].ravel(), minlength=k)[:k]
+            y = s.get("labels")
+            if need_lab and y is not None and not scored.any():
+                y = np.asarray(y).reshape(-1)
+                if len(y) == k and y.sum() > 0:  # other lengths: training_losses raises its own error
+                    lab_acc[int(np.argmax(y))] += 1
+        pix = pix_acc if need_pix else pix
+        lab = lab_acc if need_lab else lab
+    return pix, lab

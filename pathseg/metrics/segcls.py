@@ -5,7 +5,11 @@ FN_c = row sum − TP_c:
 
     precision_c = TP_c / (TP_c + FP_c),   recall_c = TP_c / (TP_c + FN_c),   F1_c = 2 P_c R_c / (P_c + R_c)
     *_macro     = mean over classes present in the target or the prediction
-    *_micro     = from the summed TP, FP, FN; for single-label pixels all three equal the accuracy
+    F1_micro    = Σ_c (n_c / N) · F1_c, the class-wise F1 weighted by each class's share of the
+                  ground-truth pixels (n_c = row sum, N = all scored pixels); the paper's definition,
+                  sklearn's ``average="weighted"``. Not the pooled F1, which equals the accuracy.
+    precision_micro, recall_micro = from the summed TP, FP, FN (for single-label pixels both equal
+                  the accuracy)
     IoU         = mean_c TP_c / (TP_c + FP_c + FN_c)   (mIoU)
     foreground_accuracy = Σ_{c≥1} TP_c / Σ_{c≥1} n_c   (pixels whose truth is not background, class 0)
     BACH score  = 1 − Σ|pred − gt| / Σ max(gt, |gt − (K−1)|) · [1 − (1 − [pred>0])(1 − [gt>0])]
@@ -66,9 +70,15 @@ def foreground_accuracy(cm: np.ndarray, background: int = 0) -> float:
 def segcls_metrics(cm: np.ndarray, class_names: list[str] | None = None, *, bach: bool | None = None) -> dict:
     """Every metric of the paper from a confusion matrix, plus the pathseg ones (mIoU, Dice, ...).
 
-    Keys: accuracy, precision_macro, recall_macro, F1_macro, precision_micro, recall_micro, F1_micro,
-    IoU (= mIoU), foreground_accuracy, per-class ``F1/<name>``, and ``BACH`` when ``bach`` (default:
-    when there are 4 classes).
+    Keys: accuracy, precision_macro, recall_macro, F1_macro, precision_micro, recall_micro, F1_micro
+    (class-wise F1 weighted by ground-truth share, see the module docstring), IoU (= mIoU),
+    foreground_accuracy, per-class ``F1/<name>``, and ``BACH`` when ``bach`` (default: when there are
+    4 classes).
+
+    Example:
+        >>> m = segcls_metrics(np.array([[4, 0, 2], [0, 2, 0], [0, 0, 0]]))  # rows: truth
+        >>> round(m["F1_micro"], 4), round(m["accuracy"], 4)   # (6·0.8 + 2·1) / 8, 6 / 8
+        (0.85, 0.75)
     """
     cm = np.asarray(cm, dtype=np.float64)
     out = metrics_from_confusion(cm, class_names)
@@ -83,6 +93,8 @@ def segcls_metrics(cm: np.ndarray, class_names: list[str] | None = None, *, bach
         s_tp, s_fp, s_fn = tp.sum(), fp.sum(), fn.sum()
         p_mi = s_tp / (s_tp + s_fp) if s_tp + s_fp > 0 else float("nan")
         r_mi = s_tp / (s_tp + s_fn) if s_tp + s_fn > 0 else float("nan")
+    support = cm.sum(1)  # ground-truth pixels of each class
+    n = support.sum()
     nan = float("nan")
     out.update({
         "precision_macro": float(prec[present].mean()) if present.any() else nan,
@@ -90,7 +102,7 @@ def segcls_metrics(cm: np.ndarray, class_names: list[str] | None = None, *, bach
         "F1_macro": float(f1[present].mean()) if present.any() else nan,
         "precision_micro": float(p_mi),
         "recall_micro": float(r_mi),
-        "F1_micro": float(2 * p_mi * r_mi / (p_mi + r_mi)) if p_mi + r_mi > 0 else nan,
+        "F1_micro": float((support * f1).sum() / n) if n > 0 else nan,
         "IoU": out["mIoU"],
         "foreground_accuracy": foreground_accuracy(cm),
     })

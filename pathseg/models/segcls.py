@@ -8,7 +8,7 @@ The published network, the default here::
     C_f       1x1 conv 64->C (bias)                                                  -> s   (B, C, H/8, W/8)
     output    nearest interpolation of s to the input size                           -> (B, C, H, W)
     image     on s, BEFORE the interpolation: adaptive average pool to 1x1,
-              1x1 conv C->8 (no bias), batch norm, ReLU, 1x1 conv C<-8              -> (B, C)
+              1x1 conv C->8 (no bias), batch norm, ReLU, 1x1 conv 8->C (no bias)    -> (B, C)
 
 The image-level class vector is computed from the segmentation output, so a classification loss
 reaches the pixel classifier, the decoder and the encoder: classification labels correct the
@@ -51,6 +51,9 @@ __all__ = ["ImageHead", "SegClsDecoder", "SegClsNet", "build_segcls", "is_segcls
 class ImageHead(nn.Module):
     """Classification module on the (low-resolution) segmentation output.
 
+    Global average pool, 1x1 conv C->hidden, batch norm, ReLU, 1x1 conv hidden->C; neither conv has a
+    bias (Table A.2 of the paper).
+
     Shape:
         seg (B, C, h, w) -> class logits (B, C).
     """
@@ -61,7 +64,7 @@ class ImageHead(nn.Module):
         self.fc1 = nn.Conv2d(num_classes, hidden, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(hidden)
         self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, num_classes, kernel_size=1)
+        self.fc2 = nn.Conv2d(hidden, num_classes, kernel_size=1, bias=False)
 
     def forward(self, seg: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.relu(self.bn(self.fc1(self.pool(seg))))).flatten(1)

@@ -1,5 +1,5 @@
 """BACH score, foreground accuracy, precision/recall/F1 macro+micro on hand-made arrays, each checked
-against a direct per-pixel computation."""
+against a direct per-pixel computation or a value worked out by hand."""
 
 import numpy as np
 import pytest
@@ -45,7 +45,24 @@ def test_precision_recall_f1_macro_and_micro():
     assert m["precision_macro"] == pytest.approx(np.mean(prec))
     assert m["recall_macro"] == pytest.approx(np.mean(rec))
     assert m["F1_macro"] == pytest.approx(np.mean(f1))
-    assert m["F1_micro"] == pytest.approx(4 / 8) == pytest.approx(m["accuracy"])  # single-label pixels
+    assert m["precision_micro"] == m["recall_micro"] == pytest.approx(4 / 8) == pytest.approx(m["accuracy"])
+    # F1 weighted by ground-truth share (3, 2, 3 of 8 pixels); here it happens to equal the accuracy,
+    # see test_f1_micro_is_class_f1_weighted_by_ground_truth_share for a case where it does not
+    assert m["F1_micro"] == pytest.approx((3 * f1[0] + 2 * f1[1] + 3 * f1[2]) / 8)
     iou = [1 / 4, 1 / 4, 2 / 4]  # TP / (TP + FP + FN)
     assert m["IoU"] == pytest.approx(np.mean(iou))
     assert "BACH" not in m and "BACH" in segcls_metrics(confusion_matrix(t, p, 4))
+
+
+def test_f1_micro_is_class_f1_weighted_by_ground_truth_share():
+    # truth 0 x6, 1 x2; predictions: class 0 right 4 times and called 2 twice, class 1 right twice
+    t = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    p = np.array([0, 0, 0, 0, 2, 2, 1, 1])
+    m = segcls_metrics(confusion_matrix(t, p, 3))
+    # by hand: F1_0 = 2·4 / (2·4 + FP 0 + FN 2) = 0.8;  F1_1 = 2·2 / (2·2 + 0 + 0) = 1;  F1_2 = 0 (TP 0, FP 2)
+    # ground-truth shares 6/8, 2/8, 0/8 -> F1_micro = (6·0.8 + 2·1 + 0·0) / 8 = 6.8 / 8 = 0.85
+    assert m["F1_micro"] == pytest.approx(0.85)
+    # not the pooled F1 (= accuracy 6/8 for single-label pixels), and not the macro mean (0.8 + 1 + 0) / 3
+    assert m["accuracy"] == pytest.approx(0.75) and m["F1_macro"] == pytest.approx(0.6)
+    assert m["precision_micro"] == m["recall_micro"] == pytest.approx(0.75)
+    assert np.isnan(segcls_metrics(np.zeros((3, 3)))["F1_micro"])  # no scored pixel

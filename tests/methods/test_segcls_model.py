@@ -30,7 +30,7 @@ def test_published_shape_and_both_heads(model):
     assert (model.classifier.in_channels, model.classifier.out_channels) == (64, 3) and model.classifier.bias is not None
     head = model.decoder.image_head
     assert (head.fc1.in_channels, head.fc1.out_channels, head.fc1.bias) == (3, 8, None)
-    assert (head.fc2.in_channels, head.fc2.out_channels) == (8, 3)
+    assert (head.fc2.in_channels, head.fc2.out_channels, head.fc2.bias) == (8, 3, None)
     with torch.no_grad():
         low, cls = segcls_forward(model, x, full_size=False)
         full, cls2 = segcls_forward(model, x)
@@ -44,7 +44,14 @@ def test_published_shape_and_both_heads(model):
     bn = head.bn
     h = low.mean((2, 3)) @ head.fc1.weight[:, :, 0, 0].T
     h = torch.relu((h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias)
-    torch.testing.assert_close(cls, h @ head.fc2.weight[:, :, 0, 0].T + head.fc2.bias, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cls, h @ head.fc2.weight[:, :, 0, 0].T, atol=1e-5, rtol=1e-5)
+
+
+def test_classification_module_convs_have_no_bias(model):
+    # Table A.2: both 1x1 convolutions of the classification module are bias-free (BN follows the first)
+    head = model.decoder.image_head
+    assert head.fc1.bias is None and head.fc2.bias is None
+    assert not [n for n, _ in head.named_parameters() if n.endswith("bias") and not n.startswith("bn.")]
 
 
 def test_widths_are_configurable():
@@ -109,6 +116,44 @@ def test_losses_on_a_mixed_batch_match_hand_computation():
     torch.testing.assert_close(losses["loss"], losses["loss/seg"] + losses["loss/cls"])
     only_cls = method.training_losses({"image": x[2:], "mask": mask[2:], "labels": labels[2:]})
     assert only_cls["loss/seg"] == 0 and torch.isfinite(only_cls["loss"])
+
+
+def test_cls_loss_weighted_by_inverse_label_frequency():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    def sample(mask, label=None):
+        labels = np.zeros(3, np.float32)
+        if label is not None:
+            labels[label] = 1.0
+        return {"image": np.zeros((8, 8, 3), np.uint8), "mask": mask, "labels": labels}
+
+    seg = np.zeros((10, 40), np.int64)  # 400 labelled pixels: 300 of class 0, 100 of class 1
+    seg[:, 30:] = 1
+    cls = np.full((8, 8), 255, np.int64)  # no labelled pixel: a classification sample
+    train = [sample(seg), sample(cls, 1), sample(cls, 1), sample(cls, 2), sample(cls, 1)]
+    torch.manual_seed(2)
+    method = SegCls(create_model("segcls", encoder="resnet18", num_classes=3), class_names=["bg", "a", "b"],
+                    channels_last=False)
+    method.trainer = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=train))
+    method.on_train_start()
+    # w_c = N / (K' n_c) over the K' classes present, 1 for an absent class
+    assert method.label_counts == [0, 3, 1] and method.pixel_counts == [300, 100, 0]
+    assert method.cls_weights.tolist() == pytest.approx([1.0, 4 / (2 * 3), 4 / (2 * 1)])
+    assert method.seg_weights.tolist() == pytest.approx([400 / (2 * 300), 400 / (2 * 100), 1.0])
+
+    x = torch.randn(3, 3, 32, 32)
+    mask = torch.full((3, 32, 32), 255, dtype=torch.int64)
+    labels = torch.zeros(3, 3)
+    labels[0, 1] = labels[1, 2] = labels[2, 1] = 1  # targets 1, 2, 1
+    losses = method.training_losses({"image": x, "mask": mask, "labels": labels})
+    _, logits = segcls_forward(method.model, x, full_size=False)  # train mode: same BN batch statistics
+    nll = -F.log_softmax(logits, 1)
+    w1, w2 = 2 / 3, 2.0
+    by_hand = (w1 * nll[0, 1] + w2 * nll[1, 2] + w1 * nll[2, 1]) / (w1 + w2 + w1)
+    torch.testing.assert_close(losses["loss/cls"], by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(losses["loss/cls"], nll[[0, 1, 2], [1, 2, 1]].mean())  # the weights matter here
 
 
 def test_inverse_frequency_weights():
