@@ -34,13 +34,24 @@ def demo_config(out: Path, steps: int, seed: int):
     ])
 
 
+def column_titles(grid: np.ndarray, titles: tuple[str, ...]) -> np.ndarray:
+    """``grid`` with a white title row naming each of its equal-width columns."""
+    import cv2
+
+    band = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    w = grid.shape[1] // len(titles)
+    for i, t in enumerate(titles):
+        cv2.putText(band, t, (i * w + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, grid], axis=0)
+
+
 def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dict:
     from pathseg.cli.main import metrics_markdown, metrics_table
-    from pathseg.engine.predict_images import colorize, normalise, overlay
-    from pathseg.engine.train import evaluate, train
-    from pathseg.engine.data import build_dataset
     from pathseg.engine.checkpoint import load_model
-    from pathseg.methods.base import predict_logits
+    from pathseg.engine.data import build_dataset
+    from pathseg.engine.train import evaluate, train
+    from pathseg.inference.writers import colorize, overlay_image, with_legend
+    from pathseg.models.predict import predict_logits, to_model_input
 
     cfg = demo_config(out, steps, seed)
     res = train(cfg)
@@ -51,11 +62,13 @@ def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dic
     for i in range(min(4, len(test))):
         s = test[i]
         with torch.inference_mode():
-            pred = predict_logits(model, normalise(s["image"], info["mean"], info["std"])).argmax(1)[0].numpy()
+            pred = predict_logits(model, to_model_input(s["image"], info["mean"], info["std"])).argmax(1)[0].numpy()
         truth = np.where(s["mask"] == 255, 0, s["mask"])
         rows.append(np.concatenate([s["image"], colorize(truth, info["colors"]),
-                                    overlay(s["image"], pred, info["colors"], alpha=0.6)], axis=1))
-    write_image(out / "overlay.png", np.concatenate(rows, axis=0))
+                                    overlay_image(s["image"], pred, info["colors"], alpha=0.6)], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    write_image(out / "overlay.png", with_legend(column_titles(grid, ("image", "truth", "prediction")),
+                                                 info["class_names"], info["colors"]))
     per_class = {n: {"IoU": metrics[f"IoU/{n}"], "Dice": metrics[f"Dice/{n}"]} for n in info["class_names"]}
     md = ["# pathseg demo: U-Net/ResNet-18 on synthetic H&E tissue (5 classes)", "",
           f"{steps} training steps, {res['seconds']:.0f} s; test = held-out synthetic images.", "",

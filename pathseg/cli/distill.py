@@ -7,8 +7,11 @@ The whole path (configs/distill/)::
         --weak qupath_tool/ --expert qupath_expert/ --out runs/distill/bank.npz
     pathseg distill --bank runs/distill/bank.npz --eval-bank runs/distill/test_bank.npz \\
         -c configs/distill/cells.yaml --out runs/distill/cells            # phases II-IV
-    pathseg cells slides_or_images/ --segmenter runs/distill/nuclei_unet/model.ckpt \\
+    pathseg cells images/ --segmenter runs/distill/nuclei_unet/model.ckpt \\
         --classifier runs/distill/cells/finetune/n1900.pt --out runs/distill/geojson   # QuPath GeoJSON
+
+Both ``cell-bank`` and ``cells`` segment nuclei with the segmenter's stain normalisation, as
+``pathseg predict`` does (``--no-stain-norm``: off).
 
 ``pathseg synth-cells`` writes synthetic images with QuPath cell exports (truth, weak, expert) to try it.
 """
@@ -19,6 +22,20 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+
+def _images(inputs: list[Path]) -> list[Path]:
+    """The plain images among ``inputs`` (folders expanded as ``pathseg predict`` expands them)."""
+    from pathseg.errors import PathsegError
+    from pathseg.inference.batch import expand_inputs
+
+    found = expand_inputs(inputs)
+    if found.slides:
+        raise PathsegError(f"{found.slides[0]}: a whole slide; these commands read plain images (tiles, ROIs), "
+                           "export regions as images first")
+    if not found.images:
+        raise PathsegError(f"no images found in {', '.join(map(str, inputs))}")
+    return found.images
 
 
 def register(app: typer.Typer) -> None:
@@ -52,30 +69,34 @@ def register(app: typer.Typer) -> None:
                                                  "segmenting (e.g. reference nuclei)"),
         out: Path = typer.Option(..., "--out", help="cell bank .npz to write"),
         classes: str = typer.Option("background,tumour,lymphocyte,fibroblast",
-                                    help="comma-separated cell classes; must include background"),
+                                    help="comma-separated cell classes of the annotations; a nucleus no "
+                                    "annotation covers is unknown (not trained on), never background"),
         weak: Optional[Path] = typer.Option(None, help="folder of <image>.geojson weak labels (a tool's)"),
         expert: Optional[Path] = typer.Option(None, help="folder of <image>.geojson expert labels"),
         truth: Optional[Path] = typer.Option(None, help="folder of <image>.geojson reference labels (evaluation)"),
         size: int = typer.Option(32, help="patch side in px (16 or 32)"),
         split_touching: bool = typer.Option(False, "--split-touching", help="watershed split of touching nuclei"),
+        stain_norm: bool = typer.Option(True, "--stain-norm/--no-stain-norm",
+                                        help="segment with the stain normalisation the checkpoint was "
+                                        "trained with, if any"),
         threads: Optional[int] = typer.Option(None, help="torch threads"),
     ) -> None:
         """Segment nuclei, cut per-nucleus patches (1, 1/2, 1/4 resolution) and match QuPath cell labels."""
         import torch
 
         import pathseg.methods  # noqa: F401
-        from pathseg.engine.predict_images import expand_inputs
-        from pathseg.methods.distill.cells import build_cell_bank
+        from pathseg.inference.batch import stain_note
+        from pathseg.methods.distill.cells import NucleusSegmenter, build_cell_bank
 
         if threads:
             torch.set_num_threads(threads)
-        files = expand_inputs(inputs)
-        if not files:
-            from pathseg.errors import PathsegError
-
-            raise PathsegError(f"no images found in {', '.join(map(str, inputs))}")
-        bank = build_cell_bank(files, checkpoint, [c.strip() for c in classes.split(",")], instances_dir=instances, weak_dir=weak,
-                               expert_dir=expert, truth_dir=truth, size=size, split_touching=split_touching)
+        files = _images(inputs)
+        seg = NucleusSegmenter.load(checkpoint, stain_norm=stain_norm) if checkpoint is not None else None
+        if seg is not None and seg.stain is not None:
+            console.print(stain_note(seg.info["stain"]))
+        bank = build_cell_bank(files, seg, [c.strip() for c in classes.split(",")], instances_dir=instances,
+                               weak_dir=weak, expert_dir=expert, truth_dir=truth, size=size,
+                               split_touching=split_touching)
         bank.save(out)
         known = {k: int((getattr(bank, k) >= 0).sum()) for k in ("weak", "expert", "truth")}
         console.print(f"{len(bank)} nuclei from {len(files)} images -> {out}; labelled: "
@@ -117,29 +138,34 @@ def register(app: typer.Typer) -> None:
         classifier: Path = typer.Option(..., "--classifier", help="cell classifier .pt (`pathseg distill`)"),
         out: Path = typer.Option(..., "--out", help="output folder: <image>.geojson per image"),
         split_touching: bool = typer.Option(False, "--split-touching", help="watershed split of touching nuclei"),
-        include_background: bool = typer.Option(False, help="also write nuclei classified background"),
+        include_background: bool = typer.Option(False, help="also write nuclei classified as the class named "
+                                                "background"),
+        stain_norm: bool = typer.Option(True, "--stain-norm/--no-stain-norm",
+                                        help="segment with the stain normalisation the segmenter was "
+                                        "trained with, if any"),
     ) -> None:
         """Segment and classify nuclei; write them as QuPath GeoJSON detections with their classes."""
         import numpy as np
 
         import pathseg.methods  # noqa: F401
-        from pathseg.engine.checkpoint import load_model
-        from pathseg.engine.predict_images import expand_inputs
+        from pathseg.inference.batch import stain_note
         from pathseg.inference.writers import write_geojson
         from pathseg.io.files import read_image
-        from pathseg.methods.distill.cells import (load_classifier, patches_to_tensor, predict_logits_cells,
-                                                   segment_nuclei)
+        from pathseg.methods.distill.cells import (NucleusSegmenter, load_classifier, patches_to_tensor,
+                                                   predict_logits_cells)
         from pathseg.methods.distill.instances import instance_centroids, nucleus_patches
         from pathseg.methods.distill.matching import cells_to_features
 
-        seg, _ = load_model(segmenter)
+        seg = NucleusSegmenter.load(segmenter, stain_norm=stain_norm)
+        if seg.stain is not None:
+            console.print(stain_note(seg.info["stain"]))
         clf, info = load_classifier(classifier)
         names = info["class_names"]
-        files = expand_inputs(inputs)
+        files = _images(inputs)
         total = 0
         for path in files:
             image = read_image(path)
-            inst = segment_nuclei(seg, image, split_touching=split_touching)
+            inst = seg(image, split_touching=split_touching)  # patches below come from the original image
             cent = instance_centroids(inst)
             patches = nucleus_patches(image, cent, size=int(info.get("size", 32)), scales=(float(info.get("scale", 1.0)),))
             prob = predict_logits_cells(clf, patches_to_tensor(patches[:, 0])).softmax(1).numpy()

@@ -100,74 +100,114 @@ def evaluate(
     typer.echo(__import__("json").dumps({k: v for k, v in res.items()}, default=float))
 
 
+#: ``predict`` options that only slides take, with their defaults (None in the signature = not given).
+SLIDE_DEFAULTS = {"mpp": None, "slide_mpp": None, "tile": 512, "overlap": 0.5, "workers": 0, "batch_size": 8,
+                  "backend": "auto", "probabilities": False, "blend": "mean", "ray": None, "ray_workers": None,
+                  "ray_gpus": None, "min_tissue": 0.05, "tissue_method": "saturation", "min_area": None,
+                  "simplify": None, "multipolygon": None, "overwrite": None}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @app.command()
 @friendly
 def predict(
     inputs: list[Path] = typer.Argument(..., help="images, slides or folders of them"),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="model.ckpt written by `pathseg train`"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="model.ckpt written by `pathseg train`, or an .onnx"),
     out: Path = typer.Option(..., "--out", help="output folder"),
     mpp: Optional[float] = typer.Option(None, help="slides: output resolution in µm/px (default: the model's)"),
     slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="slides: override the slides' own MPP"),
-    tile: int = typer.Option(512, help="slides: tile size in px"),
-    overlap: float = typer.Option(0.5, help="slides: tile overlap fraction (0.5 = published stitching protocol)"),
-    workers: int = typer.Option(0, help="slides: DataLoader workers reading tiles"),
-    batch_size: int = typer.Option(8, "--batch-size", help="slides: tiles per batch"),
-    backend: str = typer.Option("auto", help="slides: torch | onnx | auto"),
-    probabilities: bool = typer.Option(False, help="slides: also write per-class probability maps"),
-    blend: str = typer.Option("mean", help="slides: mean | gaussian blending of overlapping tiles"),
-    scale: Optional[float] = typer.Option(None, help="images: resize by this factor before the model"),
+    tile: Optional[int] = typer.Option(None, help="slides: tile size in px [default: 512]"),
+    overlap: Optional[float] = typer.Option(None, help="slides: tile overlap fraction [default: 0.5, the published "
+                                                       "stitching protocol]"),
+    workers: Optional[int] = typer.Option(None, help="slides: DataLoader workers reading tiles [default: 0]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="slides: tiles per batch [default: 8]"),
+    backend: Optional[str] = typer.Option(None, help="slides: torch | onnx | auto [default: auto]"),
+    probabilities: Optional[bool] = typer.Option(None, "--probabilities",
+                                                 help="slides: also write per-class probability maps"),
+    blend: Optional[str] = typer.Option(None, help="slides: mean | gaussian blending of overlapping tiles"),
+    min_tissue: Optional[float] = typer.Option(None, "--min-tissue",
+                                               help="slides: skip tiles with less tissue than this [default: 0.05]"),
+    tissue_method: Optional[str] = typer.Option(None, "--tissue-method",
+                                                help="slides: tissue detector, saturation | otsu"),
+    min_area: Optional[float] = typer.Option(None, "--min-area", help="slides: leave GeoJSON regions under this "
+                                                                      "many µm² out [default: 10]"),
+    simplify: Optional[float] = typer.Option(None, "--simplify", help="slides: GeoJSON simplification tolerance in "
+                                                                      "output px [default: 0, exact]"),
+    multipolygon: Optional[bool] = typer.Option(None, "--multipolygon",
+                                                help="slides: one GeoJSON MultiPolygon per class"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="slides: recompute slides already done"),
+    scale: Optional[float] = typer.Option(None, help="images: resize by this factor before the model "
+                                                     "[default: image MPP / model MPP when the image records one]"),
+    image_mpp: Optional[float] = typer.Option(None, "--image-mpp", help="images: their resolution in µm/px "
+                                                                        "(overrides the files' resolution tags)"),
+    as_slide: Optional[bool] = typer.Option(None, "--as-slide/--as-image",
+                                            help="treat TIFF/PNG/JPEG inputs as whole slides, or as plain images "
+                                                 "[default: by content: pyramidal or large TIFFs are slides]"),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
                                       help="slides: run on a Ray cluster: auto, HOST:6379, ray://HOST:10001, or "
                                            "'local' to start a local instance (needs pip install \"pathseg\\[ray]\")"),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers",
                                               help="with --ray: workers, each loading the model once (default: as "
                                                    "many as the cluster's CPUs, or GPUs with --ray-gpus)"),
-    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="with --ray: GPUs per worker (0: CPU workers)"),
+    ray_gpus: Optional[float] = typer.Option(None, "--ray-gpus", help="with --ray: GPUs per worker (0: CPU workers)"),
     stain_norm: bool = typer.Option(True, "--stain-norm/--no-stain-norm",
                                     help="apply the stain normalisation the model was trained with, if any"),
 ) -> None:
-    """Label maps (<stem>.png, class indices) and overlays for images; full outputs for whole slides."""
-    from pathseg.engine.predict_images import expand_inputs, predict_images
+    """Label maps (<stem>.png, class indices) and overlays for images; full outputs for whole slides.
 
-    files = expand_inputs(inputs)
-    missing = [p for p in files if not p.exists()]
-    if missing:
-        raise PathsegError(f"{missing[0]}: not found; pass existing images, slides or folders")
-    if not files:
-        raise PathsegError(f"no images found in {', '.join(map(str, inputs))}")
-    slides, images = _split_slides(files)
+    Folders are expanded by content: SVS/NDPI/MRXS/... and pyramidal or large TIFFs are slides, small
+    images are images; anything else is listed as skipped. An option that applies to none of the inputs
+    is an error.
+    """
+    from pathseg.inference.batch import expand_inputs
+
+    given = dict(mpp=mpp, slide_mpp=slide_mpp, tile=tile, overlap=overlap, workers=workers, batch_size=batch_size,
+                 backend=backend, probabilities=probabilities, blend=blend, ray=ray, ray_workers=ray_workers,
+                 ray_gpus=ray_gpus, min_tissue=min_tissue, tissue_method=tissue_method, min_area=min_area,
+                 simplify=simplify, multipolygon=multipolygon, overwrite=overwrite)
+    slide_flags = [_flag(k) for k, v in given.items() if v is not None]
+    found = expand_inputs(inputs, as_slide=as_slide, slide_options=bool(slide_flags))
+    for path, why in found.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {why}")
+    if not found:
+        raise PathsegError(f"no images or slides found in {', '.join(map(str, inputs))}"
+                           + (f" ({len(found.skipped)} file(s) skipped, listed above)" if found.skipped else ""))
+    if slide_flags and not found.slides:
+        raise PathsegError(f"{', '.join(slide_flags)} apply to whole slides only, and every input is a plain image "
+                           f"({found.images[0]}{' ...' if len(found.images) > 1 else ''}); drop the option, or "
+                           f"pass --as-slide to predict the images as slides")
+    image_flags = [f for f, v in (("--scale", scale), ("--image-mpp", image_mpp)) if v is not None]
+    if image_flags and not found.images:
+        raise PathsegError(f"{', '.join(image_flags)} apply to plain images only, and every input is a whole slide "
+                           f"({found.slides[0]}); slides are read at the model's MPP (--mpp to change it, "
+                           f"--slide-mpp to override the slide's own)")
+    if scale is not None and image_mpp is not None:
+        raise PathsegError("pass --scale or --image-mpp, not both: --scale sets the resize factor outright")
+    settings = {k: (SLIDE_DEFAULTS[k] if v is None else v) for k, v in given.items()}
+    settings["mpp_override"] = settings.pop("slide_mpp")
     failed = 0
-    if images:
-        recs = predict_images(images, checkpoint, out, scale=scale, stain_norm=stain_norm, log=console.print)
+    if found.images:
+        from pathseg.inference.images import predict_images
+
+        recs = predict_images(found.images, checkpoint, out, scale=scale, image_mpp_override=image_mpp,
+                              stain_norm=stain_norm,
+                              inputs=found.slides + found.images, log=console.print)
         for r in recs:
             if "error" in r:
                 failed += 1
                 console.print(f"[red]failed[/] {r['path']}: {r['error']}")
         console.print(f"{len(recs) - failed}/{len(recs)} images written to {out}")
-    if slides:
-        settings = dict(mpp=mpp, mpp_override=slide_mpp, tile=tile, overlap=overlap, batch_size=batch_size,
-                        backend=backend, probabilities=probabilities, blend=blend, stain_norm=stain_norm)
-        if ray:  # Ray is imported only here
-            from pathseg.scale.ray_predict import predict_slides_ray
+    if found.slides:
+        from pathseg.cli.slides import predict_slides
 
-            summary = predict_slides_ray(slides, checkpoint, out, address=ray, workers=ray_workers,
-                                         gpus_per_worker=ray_gpus, loader_workers=workers, **settings)
-        else:
-            from pathseg.cli.slides import predict_slides
-
-            summary = predict_slides(slides, checkpoint, out, workers=workers, **settings)
+        ray_opts = {k: settings.pop(k) for k in ("ray", "ray_workers", "ray_gpus")}
+        summary = predict_slides(found.slides, checkpoint, out, stain_norm=stain_norm, **settings, **ray_opts)
         failed += sum(1 for r in (summary or []) if isinstance(r, dict) and r.get("status") == "failed")
     if failed:
         raise typer.Exit(1)
-
-
-def _split_slides(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    try:
-        from pathseg.cli.slides import is_slide
-    except ImportError:  # whole-slide engine not installed
-        return [], files
-    slides = [f for f in files if is_slide(f)]
-    return slides, [f for f in files if f not in slides]
 
 
 @app.command()

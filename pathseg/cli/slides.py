@@ -1,5 +1,6 @@
 """Whole-slide commands: ``pathseg tissue-mask``, ``pathseg tile``, ``pathseg export-onnx``, and the slide
-half of ``pathseg predict`` (:func:`predict_slides`, called by the lead's ``predict`` command).
+half of ``pathseg predict`` (:func:`predict_slides`: progress and summary around
+:func:`pathseg.inference.batch.predict_slides`, or the Ray runner).
 
 Every command handles slides one at a time and catches errors per slide, so one bad slide does not
 sink the batch; a summary table is printed at the end.
@@ -14,9 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional
@@ -25,12 +24,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pathseg.errors import DataError, PathsegError
-from pathseg.io.slides import OPENSLIDE_SUFFIXES, PILLOW_SUFFIXES, TIFF_SUFFIXES, is_slide_file
+from pathseg.errors import DataError
+from pathseg.inference.batch import check_writable, expand_inputs, failure_record
+from pathseg.io.slides import is_slide_file
 
 console = Console(stderr=True)
 
-SLIDE_SUFFIXES = OPENSLIDE_SUFFIXES + TIFF_SUFFIXES
 
 
 def is_slide(path: str | os.PathLike) -> bool:
@@ -39,47 +38,11 @@ def is_slide(path: str | os.PathLike) -> bool:
 
 
 def expand_slides(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders expanded to the slide files inside (sorted, not recursive)."""
-    out: list[Path] = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                          and f.name.lower().endswith(SLIDE_SUFFIXES + PILLOW_SUFFIXES))
-        else:
-            out.append(p)
-    return out
-
-
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove it is writable; raise :class:`DataError` saying why not."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".pathseg-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DataError(f"{folder}: output folder is not writable ({e.strerror or e}); pick another --out or fix "
-                        f"its permissions") from e
-    return folder
-
-
-def _failure(path: Path, e: BaseException) -> dict[str, Any]:
-    if isinstance(e, PathsegError):
-        msg = str(e)
-    elif isinstance(e, OSError):
-        msg = f"{path}: cannot write or read a file ({e}); check free disk space and folder permissions"
-    else:
-        msg = f"{path}: unexpected {type(e).__name__}: {e}"
-    return {"slide": str(path), "status": "failed", "error": msg, "traceback": _trace_summary(e)}
-
-
-def _trace_summary(e: BaseException, frames: int = 4, limit: int = 2000) -> str:
-    """The last ``frames`` frames of the exception's traceback, at most ``limit`` characters."""
-    import traceback
-
-    text = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-frames))
-    return text if len(text) <= limit else "..." + text[-limit:]
+    """Slides and images (read as one-level slides) in ``inputs``; what is skipped, and why, is printed."""
+    found = expand_inputs(inputs)
+    for path, why in found.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {why}")
+    return found.slides + found.images
 
 
 def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -96,60 +59,35 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
         secs = (r.get("timings") or {}).get("total_s")
         note = r.get("error") or "; ".join(r.get("warnings") or [])
         if status == "skipped":
-            note = "already done with the same settings"
+            note = "already done with the same settings (--overwrite recomputes it)"
         t.add_row(Path(r.get("slide", "?")).name, f"[{color}]{status}[/]", tiles_s,
                   f"{tps:.2f}" if isinstance(tps, (int, float)) else "", f"{secs:.1f}" if secs else "", note[:300])
     return t
 
 
-def predict_one(predictor: Any, path: Path, out: Path, *, mpp_override: float | None = None) -> dict[str, Any]:
-    """One slide through ``predictor`` into ``out``: its record, with the warnings it raised; a failure is
-    recorded, not raised (one bad slide must not sink the batch). Local and Ray runs both go through here."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rec = predictor.predict(path, out, mpp_override=mpp_override)
-        for w in caught:
-            if str(w.message) not in rec.get("warnings", []):
-                rec.setdefault("warnings", []).append(str(w.message))
-        return rec
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
-        return _failure(path, e)
-
-
-def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float | None = None,
-                   mpp_override: float | None = None, tile: int = 512, overlap: float = 0.5, workers: int = 0,
-                   batch_size: int = 8, backend: str = "auto", probabilities: bool = False, blend: str = "mean",
-                   min_tissue: float = 0.05, tissue_method: str = "saturation", stain_norm: bool = True,
-                   show_progress: bool = True, out_console: Console | None = None) -> list[dict[str, Any]]:
-    """Predict each slide into ``out/<stem>/``; returns one record per slide (status done/skipped/failed).
-
-    ``stain_norm=False`` skips the stain normalisation a checkpoint may carry (see
-    :mod:`pathseg.inference.backends`).
-
-    Errors of one slide (unreadable, no MPP, no tissue, a write failure) are recorded and the run goes
-    on; settings errors, a bad checkpoint or an unwritable ``out`` stop the run before any slide.
-    """
+def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, ray: str | None = None,
+                   ray_workers: int | None = None, ray_gpus: float | None = None, show_progress: bool = True,
+                   out_console: Console | None = None, **settings: Any) -> list[dict[str, Any]]:
+    """:func:`pathseg.inference.batch.predict_slides` (or, with ``ray``, the Ray runner) with a progress bar
+    and a summary table; returns one record per slide."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pathseg.inference.backends import load_backend
-    from pathseg.inference.onnx import file_digest
-    from pathseg.inference.predictor import PredictConfig, SlidePredictor
+    from pathseg.inference import batch
 
     con = out_console or console
-    out = check_writable(out)
-    cfg = PredictConfig(tile=tile, overlap=overlap, mpp=mpp, batch_size=batch_size, workers=workers,
-                        probabilities=probabilities, blend=blend, min_tissue=min_tissue, tissue_method=tissue_method)
-    checkpoint = Path(checkpoint)
-    be = load_backend(checkpoint, backend=backend, cache_dir=out / ".onnx-cache", tile=tile, stain_norm=stain_norm)
-    if be.stain is not None:
-        from pathseg.engine.predict_images import stain_note
+    if ray:  # Ray is imported only here
+        from pathseg.scale.ray_predict import predict_slides_ray
 
-        con.print(stain_note(be.info["stain"]))
-    model_id = f"{checkpoint.name}:{file_digest(checkpoint)}" if checkpoint.is_file() else str(checkpoint)
-    rows: list[dict[str, Any]] = []
+        settings["loader_workers"] = settings.pop("workers", 0)
+        rows = predict_slides_ray(paths, checkpoint, out, address=ray, workers=ray_workers,
+                                  gpus_per_worker=ray_gpus or 0.0, show_progress=show_progress, out_console=con,
+                                  **settings)
+        done = sum(r["status"] in ("done", "skipped") for r in rows)
+        con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out} on Ray"))
+        return rows
+    geojson = {k: settings.pop(k) for k in ("min_area", "simplify", "multipolygon") if k in settings}
+    geo = {"min_area_um2": geojson.get("min_area"), "simplify": geojson.get("simplify"),
+           "multipolygon": geojson.get("multipolygon")}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=con, disable=not show_progress, transient=False) as progress:
         tasks: dict[str, Any] = {}
@@ -159,11 +97,12 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, mpp: float
                 tasks[name] = progress.add_task(name, total=total)
             progress.update(tasks[name], completed=done, total=total)
 
-        predictor = SlidePredictor(be, cfg, model_id=model_id, progress=on_progress)
-        for path in map(Path, paths):
-            rows.append(predict_one(predictor, path, out, mpp_override=mpp_override))
+        rows = batch.predict_slides(paths, checkpoint, out, geojson={k: v for k, v in geo.items() if v is not None},
+                                    progress=on_progress, log=con.print, **settings)
     done = sum(r["status"] in ("done", "skipped") for r in rows)
-    con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out} (backend {be.name})"))
+    backends = sorted({r.get("backend", "") for r in rows if r.get("backend")})
+    con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out}"
+                                   + (f" (backend {', '.join(backends)})" if backends else "")))
     return rows
 
 
@@ -180,7 +119,7 @@ def _each_slide(slides: list[Path], title: str, work: Callable[[Path], dict[str,
             rows.append({"slide": str(path), "status": "done", **work(path),
                          "timings": {"total_s": time.perf_counter() - t}})
         except Exception as e:
-            rows.append(_failure(path, e))
+            rows.append(failure_record(path, e))
     console.print(_summary_table(rows, title))
     if any(r.get("status") == "failed" for r in rows):
         raise typer.Exit(1)
@@ -265,6 +204,12 @@ def export_onnx_command(
     """Export a trained model to ONNX (softmax and class metadata included) for ONNX Runtime."""
     from pathseg.inference.onnx import export_onnx
 
+    if out.is_dir():
+        out = out / f"{checkpoint.stem}.onnx"
+    elif out.suffix.lower() != ".onnx":
+        raise DataError(f"--out {out}: expected a .onnx file name or an existing folder")
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: checkpoint not found; pass the model.ckpt written by `pathseg train`")
     path = export_onnx(checkpoint, out, tile=tile)
     console.print(f"ONNX model written: {path} ({path.stat().st_size / 1e6:.1f} MB); "
                   f"run it with `pathseg predict ... --checkpoint {path}`")

@@ -18,8 +18,7 @@ from pathseg.errors import DataError
 from pathseg.io.files import atomic_path
 from pathseg.models import SegModel, create_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pathseg.transforms.paired import IMAGENET_MEAN, IMAGENET_STD
 
 
 def model_info(model: SegModel, class_names: list[str], *, mpp: float | None = None,

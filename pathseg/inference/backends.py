@@ -182,7 +182,8 @@ def load_backend(checkpoint: str | os.PathLike, *, backend: str = "auto", cache_
     """A backend for ``checkpoint`` (.ckpt/.pt pathseg checkpoint, or an exported .onnx).
 
     With ``backend="onnx"`` and a torch checkpoint, the model is exported once to
-    ``cache_dir/<checkpoint stem>-<hash>.onnx`` (default: beside the checkpoint, else a temp folder).
+    ``cache_dir/<checkpoint stem>-<hash>.onnx`` (default: the user's cache, see
+    :func:`pathseg.inference.onnx.cached_export`).
     ``backend="auto"``: ONNX Runtime on CPU (``device="cpu"``, or no CUDA), torch on CUDA and for models
     that read each tile's context. ``stain_norm=False`` skips the checkpoint's stain normalisation.
     """

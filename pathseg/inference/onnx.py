@@ -117,13 +117,28 @@ def file_digest(path: str | os.PathLike, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
+def user_cache_dir() -> Path:
+    """``$PATHSEG_CACHE``, else ``$XDG_CACHE_HOME/pathseg``, else ``~/.cache/pathseg``."""
+    if os.environ.get("PATHSEG_CACHE"):
+        return Path(os.environ["PATHSEG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pathseg"
+
+
 def cached_export(checkpoint: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                   tile: int = 512) -> Path:
-    """Export ``checkpoint`` once and reuse the .onnx (keyed by the checkpoint's content hash)."""
+    """Export ``checkpoint`` once and reuse the .onnx (keyed by the checkpoint's content hash).
+
+    Where: ``cache_dir`` if given, else one cache per user (:func:`user_cache_dir`), else the system's
+    temporary folder; an export already beside the checkpoint is used too.
+    """
     checkpoint = Path(checkpoint)
     digest = file_digest(checkpoint)
     candidates = [Path(cache_dir)] if cache_dir is not None else []
-    candidates += [checkpoint.parent, Path(tempfile.gettempdir()) / "pathseg-onnx"]
+    candidates += [user_cache_dir() / "onnx", Path(tempfile.gettempdir()) / "pathseg-onnx"]
+    beside = checkpoint.parent / f"{checkpoint.stem}-{digest}.onnx"
+    if cache_dir is None and beside.is_file():
+        return beside
     for folder in candidates:
         target = folder / f"{checkpoint.stem}-{digest}.onnx"
         if target.is_file():

@@ -7,10 +7,16 @@
 3. read tiles in a DataLoader (``workers`` processes; 0 reads in the main process, the fastest on
    2 cores), run them through the backend in batches, stitch the probabilities into zarr
    (:class:`pathseg.inference.stitch.Stitcher`), checkpointing so an interrupted slide resumes;
-4. write, each atomically, into ``out/<slide stem>/``: ``<stem>.labels.tif`` (pyramidal palette TIFF
+4. write, each atomically, into ``out/<name>/`` (the slide's stem; see
+   :func:`pathseg.inference.batch.output_names` for two slides of one name): ``<stem>.labels.tif`` (pyramidal palette TIFF
    with MPP), ``<stem>.prob-<class>.tif`` (optional), ``<stem>.geojson`` (QuPath), ``<stem>.overlay.png``,
    ``<stem>.composition.csv``, ``<stem>.tissue.png`` and, last, ``<stem>.run.json``. A slide whose
-   run record says "done" with the same settings is skipped.
+   run record says "done" with the same settings is skipped (``overwrite=True`` recomputes it).
+
+One run of a slide is one set of outputs: the run holds ``.<stem>.lock`` in the slide's folder (a second
+live run is refused, a stale lock taken over), removes the old run record before it writes anything,
+and writes the new record last; the record, the GeoJSON and the composition CSV carry the same
+``run_id``. Outputs of a run with other settings replace the earlier ones, and the record says so.
 
 A tile that cannot be read is left out (its area stays class 0), counted and named in the record;
 any other failure raises, and :func:`pathseg.cli.slides.predict_slides` moves on to the next slide.
@@ -29,6 +35,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,7 +49,9 @@ from torch.utils.data import DataLoader, Dataset
 from pathseg.errors import ConfigError, SlideError
 from pathseg.inference.backends import Backend
 from pathseg.inference.stitch import BLENDS, Stitcher
+from pathseg.inference.batch import SlideLock
 from pathseg.inference.writers import (
+    DEFAULT_MIN_AREA_UM2,
     MAX_POLYGON_SIDE,
     composition_rows,
     label_polygons,
@@ -52,7 +61,7 @@ from pathseg.inference.writers import (
     write_overlay,
     write_run_record,
 )
-from pathseg.io.files import write_image
+from pathseg.io.files import remove_stale_temporaries, write_image
 from pathseg.io.pyramid import write_label_pyramid, write_pyramid
 from pathseg.io.slides import SlideReader, open_slide
 from pathseg.io.tiling import Tile, TilingConfig, grid_tiles, output_size
@@ -77,7 +86,12 @@ class PredictConfig:
         probabilities: also write per-class probability pyramids.
         keep_zarr: keep ``<stem>.zarr`` (labels, probabilities) beside the outputs.
         prob_dtype: "uint8" or "float32" probabilities in the zarr.
-        checkpoint_every: tiles between resume checkpoints.
+        checkpoint_every: tiles between resume checkpoints (also written when the run is interrupted).
+        min_area_um2, simplify, multipolygon: GeoJSON polygons (see
+            :func:`pathseg.inference.writers.label_polygons`): regions under ``min_area_um2`` µm² are left out,
+            ``simplify`` is a tolerance in output pixels, ``multipolygon`` writes one feature per class.
+        geojson_objects: QuPath object type of the polygons: "annotation", "detection", or "auto" (detections
+            for a model whose classes are cells or nuclei, annotations for tissue regions).
     """
 
     tile: int = 512
@@ -92,8 +106,16 @@ class PredictConfig:
     keep_zarr: bool = False
     prob_dtype: str = "uint8"
     checkpoint_every: int = 64
+    min_area_um2: float = DEFAULT_MIN_AREA_UM2
+    simplify: float = 0.0
+    multipolygon: bool = False
+    geojson_objects: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.geojson_objects not in ("auto", "annotation", "detection"):
+            raise ConfigError(f"geojson_objects must be auto, annotation or detection, got {self.geojson_objects!r}")
+        if self.min_area_um2 < 0 or self.simplify < 0:
+            raise ConfigError(f"min_area_um2 and simplify must be >= 0, got {self.min_area_um2} and {self.simplify}")
         BLENDS.get(self.blend)
         TISSUE_DETECTORS.get(self.tissue_method)
         if self.batch_size < 1:
@@ -177,6 +199,14 @@ class SlidePredictor:
 
             self.colors = default_colors(len(self.class_names))
 
+    def object_type(self) -> str:
+        """QuPath ``objectType`` of the GeoJSON features (see :class:`PredictConfig`, ``geojson_objects``)."""
+        if self.config.geojson_objects != "auto":
+            return self.config.geojson_objects
+        cellular = ("nucle", "cell", "lymphocyte", "neutrophil", "epithelial cell")
+        named = [n.lower() for n in self.class_names if n.lower() != "background"]
+        return "detection" if named and all(any(w in n for w in cellular) for n in named) else "annotation"
+
     def output_mpp(self) -> float:
         mpp = self.config.mpp or self.backend.info.get("mpp")
         if not mpp:
@@ -199,8 +229,9 @@ class SlidePredictor:
         }
 
     def predict(self, path: str | os.PathLike, out_dir: str | os.PathLike, *, mpp_override: float | None = None,
-                stop_after: int | None = None) -> dict[str, Any]:
-        """Run one slide; returns the run record (``status`` "done" or "skipped").
+                name: str | None = None, overwrite: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Run one slide into ``out_dir/<name>/`` (default name: the slide's stem); returns the run record
+        (``status`` "done" or "skipped"). ``overwrite`` recomputes a slide that is already done.
 
         ``stop_after`` (tests): stop after that many tiles, leaving the slide resumable.
         """
@@ -209,28 +240,37 @@ class SlidePredictor:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         out_mpp = self.output_mpp()
-        p = self.paths(out_dir, path.stem)
+        name = name or path.stem
+        p = self.paths(out_dir, name)
         key = slide_key(path, cfg, self.model_id, mpp_override, out_mpp) if path.is_file() else ""
-        if p["record"].is_file():
-            try:
-                prev = json.loads(p["record"].read_text())
-                if prev.get("status") == "done" and prev.get("key") == key:
-                    return dict(prev, status="skipped")
-            except ValueError:
-                pass
+        prev = _read_record(p["record"])
+        if prev.get("status") == "done" and prev.get("key") == key and not overwrite:
+            return dict(prev, status="skipped")
 
         t = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             slide = open_slide(path, mpp_override=mpp_override)
         slide_warnings = [str(w.message) for w in caught]
-        for msg in slide_warnings:
-            warnings.warn(msg, stacklevel=2)
         try:
-            return self._run(slide, path, p, key, out_mpp, mpp_override, slide_warnings, timings, t, t_start,
-                             stop_after)
+            with SlideLock(p["dir"], name):
+                for msg in slide_warnings:
+                    warnings.warn(msg, stacklevel=2)
+                prev = _read_record(p["record"])  # again, under the lock: another run may have finished it
+                if prev.get("status") == "done" and prev.get("key") == key and not overwrite:
+                    return dict(prev, status="skipped")
+                if prev.get("status") == "done":
+                    why = "--overwrite" if prev.get("key") == key else "other settings, model or slide file"
+                    slide_warnings.append(f"{p['dir']}: replacing the outputs of run {prev.get('run_id', '?')} "
+                                          f"({why})")
+                # the record goes first: until the new one is written last, no record vouches for the outputs
+                p["record"].unlink(missing_ok=True)
+                return self._run(slide, path, p, key, out_mpp, mpp_override, slide_warnings, timings, t, t_start,
+                                 stop_after)
         finally:
             slide.close()
+            if p["dir"].is_dir() and not any(p["dir"].iterdir()):
+                p["dir"].rmdir()  # a slide that failed before writing anything leaves no empty folder
 
     def _run(self, slide, path, p, key, out_mpp, mpp_override, slide_warnings, timings, t, t_start, stop_after):
         cfg = self.config
@@ -273,37 +313,41 @@ class SlidePredictor:
         done_in_run = 0
         since_ckpt = 0
         interrupted = False
-        for batch in loader:
-            ok = batch["ok"].numpy()
-            t0 = time.perf_counter()
-            read = torch.as_tensor(ok)
-            probs = None
-            if ok.any():
-                context = batch["context"][read].numpy() if "context" in batch else None
-                probs = self.backend(batch["image"][read].numpy(), context)
-            t1 = time.perf_counter()
-            j = 0
-            for idx, good, err in zip(batch["index"].tolist(), ok, batch["error"]):
-                if good:
-                    stitcher.add(idx, probs[j])
-                    j += 1
-                else:
-                    stitcher.add(idx, None)
-                    failed.append({"tile": idx, "x0": tiles[idx].x0, "y0": tiles[idx].y0, "error": err})
-                if idx >= n_done:
-                    stitcher.n_done = idx + 1
-            t_stitch += time.perf_counter() - t1
-            t_model += t1 - t0
-            done_in_run += len(ok)
-            since_ckpt += len(ok)
-            if since_ckpt >= cfg.checkpoint_every:
-                stitcher.checkpoint()
-                since_ckpt = 0
-            if self.progress is not None:
-                self.progress(path.name, done_in_run, len(order))
-            if stop_after is not None and done_in_run >= stop_after:
-                interrupted = True
-                break
+        try:
+            for batch in loader:
+                ok = batch["ok"].numpy()
+                t0 = time.perf_counter()
+                read = torch.as_tensor(ok)
+                probs = None
+                if ok.any():
+                    context = batch["context"][read].numpy() if "context" in batch else None
+                    probs = self.backend(batch["image"][read].numpy(), context)
+                t1 = time.perf_counter()
+                j = 0
+                for idx, good, err in zip(batch["index"].tolist(), ok, batch["error"]):
+                    if good:
+                        stitcher.add(idx, probs[j])
+                        j += 1
+                    else:
+                        stitcher.add(idx, None)
+                        failed.append({"tile": idx, "x0": tiles[idx].x0, "y0": tiles[idx].y0, "error": err})
+                    if idx >= n_done:
+                        stitcher.n_done = idx + 1
+                t_stitch += time.perf_counter() - t1
+                t_model += t1 - t0
+                done_in_run += len(ok)
+                since_ckpt += len(ok)
+                if since_ckpt >= cfg.checkpoint_every:
+                    stitcher.checkpoint()
+                    since_ckpt = 0
+                if self.progress is not None:
+                    self.progress(path.name, done_in_run, len(order))
+                if stop_after is not None and done_in_run >= stop_after:
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:  # keep what was computed: the next run resumes from here
+            stitcher.checkpoint()
+            raise
         if interrupted:
             stitcher.checkpoint()
             timings.update(inference_s=time.perf_counter() - t, model_s=t_model, stitch_s=t_stitch)
@@ -321,11 +365,13 @@ class SlidePredictor:
         # -- outputs --------------------------------------------------------------------------------
         t = time.perf_counter()
         counts = stitcher.class_counts()
-        outputs = self._write_outputs(slide, path, p, stitcher, tissue, out_mpp, counts)
+        run_id = uuid.uuid4().hex[:12]
+        outputs = self._write_outputs(slide, path, p, stitcher, tissue, out_mpp, counts, run_id)
         timings["write_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
         record = {
             "status": "done",
+            "run_id": run_id,
             "key": key,
             "slide": str(path),
             "slide_info": {
@@ -353,14 +399,15 @@ class SlidePredictor:
             "tiles_per_s": len(order) / timings["inference_s"] if timings["inference_s"] > 0 else None,
             "versions": versions(),
         }
-        write_run_record(p["record"], record)
         shutil.rmtree(p["work"], ignore_errors=True)
+        remove_stale_temporaries(p["dir"])  # left by a killed earlier run; this run holds the lock
+        write_run_record(p["record"], record)
         return record
 
     def _write_outputs(self, slide, path, p, stitcher: Stitcher, tissue, out_mpp: float,
-                       counts: np.ndarray) -> dict[str, Path]:
+                       counts: np.ndarray, run_id: str) -> dict[str, Path]:
         cfg = self.config
-        stem = path.stem
+        stem = p["dir"].name
         outputs: dict[str, Path] = {}
         labels = stitcher.labels
         outputs["labels"] = write_label_pyramid(p["labels"], labels, mpp=out_mpp, colors=self.colors,
@@ -375,14 +422,17 @@ class SlidePredictor:
         step = max(1, int(np.ceil(max(H, W) / MAX_POLYGON_SIDE)))
         small = np.asarray(labels[::step, ::step])
         scale = step * out_mpp / slide.mpp
-        outputs["geojson"] = write_geojson(p["geojson"], label_polygons(small, self.class_names, self.colors,
-                                                                        scale=scale, id_prefix=stem))
+        feats = label_polygons(small, self.class_names, self.colors, scale=scale, id_prefix=stem,
+                               min_area=cfg.min_area_um2 / slide.mpp ** 2, simplify=cfg.simplify / step,
+                               multipolygon=cfg.multipolygon, object_type=self.object_type())
+        outputs["geojson"] = write_geojson(p["geojson"], feats, properties={"pathseg_run_id": run_id})
         thumb, thumb_mpp = slide.thumbnail(2048)
         tstep = max(1, int(thumb_mpp / out_mpp))
-        outputs["overlay"] = write_overlay(p["overlay"], thumb, np.asarray(labels[::tstep, ::tstep]), self.colors)
+        outputs["overlay"] = write_overlay(p["overlay"], thumb, np.asarray(labels[::tstep, ::tstep]), self.colors,
+                                           self.class_names)
         outputs["tissue"] = write_image(p["tissue"], tissue.mask.astype(np.uint8) * 255)
         rows = composition_rows(counts, self.class_names, out_mpp)
-        outputs["composition"] = write_composition_csv(p["composition"], rows, mpp=out_mpp)
+        outputs["composition"] = write_composition_csv(p["composition"], rows, mpp=out_mpp, run_id=run_id)
         if cfg.keep_zarr:
             stitcher.drop_accumulator()
             if p["zarr"].exists():
@@ -402,6 +452,13 @@ class _ProbView:
     def __getitem__(self, idx: Any) -> np.ndarray:
         a = np.asarray(self.probs[(self.k,) + tuple(idx)])
         return a if a.dtype == np.uint8 else np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _safe(name: str) -> str:

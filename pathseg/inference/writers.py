@@ -3,8 +3,9 @@ tissue composition CSV and the JSON run record. (The label pyramid is :mod:`path
 
 GeoJSON follows what QuPath imports and exports: a ``FeatureCollection`` of ``Feature``s, one per
 connected region, each a ``Polygon`` (with holes) in **level-0 pixel coordinates** of the slide,
-with ``properties = {"objectType": "annotation", "classification": {"name": ..., "color": [r, g, b]}}``.
-Vertices are the centres of the region's boundary pixels; :func:`rasterize_features` inverts this.
+with ``properties = {"objectType": "annotation", "classification": {"name": ..., "color": [r, g, b]}}``
+(``"detection"`` for cells). Polygons follow the pixel edges (pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``),
+are valid per shapely and never empty; :func:`rasterize_features` inverts them.
 
 Example:
     >>> feats = label_polygons(labels, class_names, colors, scale=2.0)   # map px -> level-0 px
@@ -31,103 +32,168 @@ from pathseg.io.files import write_image, write_json, write_text
 MAX_POLYGON_SIDE = 8192
 
 
-def _ring(points: np.ndarray, scale: float, ox: float = 0.0, oy: float = 0.0) -> list[list[float]]:
-    """cv2 contour (N, 1, 2) in map pixels -> closed ring of level-0 coordinates (pixel centres)."""
-    p = points.reshape(-1, 2).astype(np.float64)
-    if len(p) < 3:  # a 1-2 point contour (a pixel or a thin line): its pixel squares' bounding box
-        x0, y0 = p.min(0) - 0.5
-        x1, y1 = p.max(0) + 0.5
-        p = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-    xy = (p + 0.5) * scale + np.array([ox, oy])
-    ring = [[round(float(x), 3), round(float(y), 3)] for x, y in xy]
-    ring.append(ring[0])
-    return ring
+#: Default ``--min-area``: regions smaller than this (µm²) are left out of the GeoJSON -- a few pixels of
+#: noise at 0.5 µm/px, far below a small lymphocyte nucleus (about 20 µm²).
+DEFAULT_MIN_AREA_UM2 = 10.0
+
+
+def _region_geometry(contours: Sequence[np.ndarray], hier: np.ndarray, i: int) -> Any:
+    """The exact pixel outline of one 8-connected region traced on a 2x upsampled mask.
+
+    cv2 traces the centres of the boundary pixels; on the 2x grid they lie 1/4 map px inside the region's
+    true edge (outer ring) or its holes' edges. Buffering by 1/4 px with mitred corners moves every
+    axis-parallel edge back onto the pixel edges, so the polygon covers exactly the region's pixels,
+    except for a sliver where two pixels touch only at a corner. ``make_valid`` mends those pinch points.
+    """
+    from shapely import make_valid
+    from shapely.geometry import Polygon
+
+    def ring(c: np.ndarray) -> np.ndarray:
+        return (c.reshape(-1, 2).astype(np.float64) + 0.5) / 2.0
+
+    outer = ring(contours[i])
+    holes = []
+    child = hier[i][2]
+    while child != -1:
+        if len(contours[child]) >= 3:
+            holes.append(ring(contours[child]))
+        child = hier[child][0]
+    if len(outer) >= 3:
+        geom = make_valid(Polygon(outer, holes))
+    else:  # a run of 1-2 fine pixel centres: a point or a segment, buffered into the pixels' squares below
+        from shapely.geometry import LineString, Point
+
+        geom = Point(outer[0]) if len(outer) == 1 or np.allclose(outer[0], outer[-1]) else LineString(outer)
+    return make_valid(geom.buffer(0.25, cap_style="square", join_style="mitre", mitre_limit=2.0))
+
+
+def _polygons_of(geom: Any) -> list[Any]:
+    from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
+
+    if isinstance(geom, Polygon):
+        return [] if geom.is_empty else [geom]
+    if isinstance(geom, (MultiPolygon, GeometryCollection)):
+        return [p for g in geom.geoms for p in _polygons_of(g)]
+    return []  # points and lines have no area
 
 
 def label_polygons(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[Sequence[int]], *,
                    scale: float = 1.0, include_background: bool = False, simplify: float = 0.0,
+                   min_area: float = 0.0, multipolygon: bool = False, object_type: str = "annotation",
                    id_prefix: str = "") -> list[dict[str, Any]]:
-    """Polygons of each class's connected regions as QuPath GeoJSON features.
+    """Each class's connected regions as QuPath GeoJSON features, valid and non-empty.
+
+    Geometry: pixel ``(r, c)`` of ``labels`` covers ``[c, c+1) x [r, r+1)`` (the convention of
+    :func:`pathseg.io.annotations.rasterize_geojson`, which inverts this), scaled by ``scale`` into level-0
+    pixels. Every geometry is valid per shapely (pinch points mended by ``make_valid``), none is empty, and
+    with ``simplify=0`` and ``min_area=0`` a class's polygons cover its pixels (areas equal up to the
+    corner-touch slivers).
 
     Args:
         labels: (H, W) class map.
         scale: level-0 pixels per map pixel.
-        include_background: also outline class 0.
-        simplify: Douglas-Peucker tolerance in map pixels (0 keeps every corner: exact round trip).
+        include_background: also outline the class named "background" (class 0 when none has that name).
+        simplify: topology-preserving simplification tolerance in map pixels (0: every corner kept).
+        min_area: leave out polygons under this area, in level-0 px² (holes are not filled).
+        multipolygon: one MultiPolygon feature per class instead of one Polygon per region.
+        object_type: QuPath's ``objectType``: "annotation" (regions) or "detection" (cells, nuclei).
 
     Shape:
         labels (H, W) integer -> list of Feature dicts.
     """
     import cv2
+    from shapely import affinity
+    from shapely.geometry import MultiPolygon, mapping
 
+    if object_type not in ("annotation", "detection"):
+        raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
+    names = [str(n) for n in class_names]
+    skip = names.index("background") if "background" in names else 0
     feats: list[dict[str, Any]] = []
-    for k, name in enumerate(class_names):
-        if k == 0 and not include_background:
+    for k, name in enumerate(names):
+        if k == skip and not include_background:
             continue
-        mask = (labels == k).astype(np.uint8)
+        mask = (np.asarray(labels) == k).astype(np.uint8)
         if not mask.any():
             continue
-        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        fine = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)
+        contours, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         if hierarchy is None:
             continue
         hier = hierarchy[0]
-        color = [int(c) for c in colors[k][:3]]
-        for i, cnt in enumerate(contours):
-            if hier[i][3] != -1:  # a hole; added with its parent
+        polys = []
+        for i in range(len(contours)):
+            if hier[i][3] != -1:  # a hole; built with its parent
                 continue
+            geom = _region_geometry(contours, hier, i)
             if simplify > 0:
-                cnt = cv2.approxPolyDP(cnt, simplify, True)
-            rings = [_ring(cnt, scale)]
-            child = hier[i][2]
-            while child != -1:
-                h = contours[child]
-                if simplify > 0:
-                    h = cv2.approxPolyDP(h, simplify, True)
-                if len(h) >= 3:
-                    rings.append(_ring(h, scale))
-                child = hier[child][0]
+                geom = make_valid_simplified(geom, simplify)
+            geom = affinity.scale(geom, xfact=scale, yfact=scale, origin=(0, 0)) if scale != 1 else geom
+            polys += [p for p in _polygons_of(geom) if p.area > 0 and p.area >= min_area]
+        if not polys:
+            continue
+        color = [int(c) for c in colors[k][:3]]
+        groups = [MultiPolygon(polys)] if multipolygon else polys
+        for g in groups:
             feats.append({
                 "type": "Feature",
                 "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathseg:{id_prefix}:{k}:{len(feats)}")),
-                "geometry": {"type": "Polygon", "coordinates": rings},
+                "geometry": _rounded(mapping(g)),
                 "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": str(name), "color": color},
+                    "objectType": object_type,
+                    "classification": {"name": name, "color": color},
                     "isLocked": False,
                 },
             })
     return feats
 
 
-def write_geojson(path: str | os.PathLike, features: list[dict[str, Any]]) -> Path:
+def make_valid_simplified(geom: Any, tolerance: float) -> Any:
+    """``geom`` simplified (topology preserved), mended again if simplification made it invalid."""
+    from shapely import make_valid
+
+    g = geom.simplify(tolerance, preserve_topology=True)
+    return g if g.is_valid else make_valid(g)
+
+
+def _rounded(geometry: dict[str, Any], ndigits: int = 3) -> dict[str, Any]:
+    """A GeoJSON geometry mapping with coordinates as lists rounded to ``ndigits``."""
+    def walk(c: Any) -> Any:
+        if isinstance(c, (tuple, list)) and c and isinstance(c[0], (int, float)):
+            return [round(float(v), ndigits) for v in c[:2]]
+        return [walk(x) for x in c]
+
+    return {"type": geometry["type"], "coordinates": walk(geometry["coordinates"])}
+
+
+def write_geojson(path: str | os.PathLike, features: list[dict[str, Any]], *,
+                  properties: dict[str, Any] | None = None) -> Path:
+    """A FeatureCollection of ``features``; ``properties`` (e.g. the run id) go on the collection itself."""
     import json
 
-    text = json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
-    return write_text(path, text + "\n")
+    fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    if properties:
+        fc["properties"] = properties
+    return write_text(path, json.dumps(fc, separators=(",", ":")) + "\n")
 
 
 def rasterize_features(features: list[dict[str, Any]], class_names: Sequence[str], shape: tuple[int, int], *,
                        scale: float = 1.0) -> np.ndarray:
-    """Inverse of :func:`label_polygons`: paint each feature's class into an (H, W) map (0 elsewhere).
+    """Inverse of :func:`label_polygons`: paint each feature's class into an (H, W) map (0 elsewhere), by the
+    pixel-centre rule of :func:`pathseg.io.annotations.rasterize_geojson`."""
+    from shapely.geometry import shape as to_shape
 
-    Polygon boundaries are painted (they pass through the region's boundary pixels); holes are
-    cleared inside their boundary.
-    """
-    import cv2
+    from pathseg.io.annotations import rasterize_geojson
 
-    index = {n: i for i, n in enumerate(class_names)}
-    out = np.zeros(shape, np.uint8)
-    for f in features:
-        k = index[f["properties"]["classification"]["name"]]
-        rings = [np.round(np.asarray(r, np.float64)[:-1] / scale - 0.5).astype(np.int32)
-                 for r in f["geometry"]["coordinates"]]
-        m = np.zeros(shape, np.uint8)
-        cv2.fillPoly(m, [rings[0]], 1)
-        if len(rings) > 1:
-            cv2.fillPoly(m, rings[1:], 0)
-            cv2.polylines(m, rings[1:], True, 1)
-        out[m > 0] = k
-    return out
+    feats = [(to_shape(f["geometry"]), f["properties"]["classification"]["name"]) for f in features]
+    return rasterize_geojson(feats, shape, class_names, downsample=scale).astype(np.uint8)
+
+
+def colorize(labels: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class-index map (H, W) -> RGB (H, W, 3) with one colour per class; values past the palette are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(colors)] = np.asarray([list(c[:3]) for c in colors], np.uint8)
+    return lut[np.asarray(labels).astype(np.uint8)]
 
 
 def overlay_image(rgb: np.ndarray, labels: np.ndarray, colors: Sequence[Sequence[int]], *, alpha: float = 0.45,
@@ -146,13 +212,50 @@ def overlay_image(rgb: np.ndarray, labels: np.ndarray, colors: Sequence[Sequence
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def write_overlay(path: str | os.PathLike, rgb: np.ndarray, labels: np.ndarray,
-                  colors: Sequence[Sequence[int]]) -> Path:
+def legend(class_names: Sequence[str], colors: Sequence[Sequence[int]], width: int, *,
+           row_height: int = 22) -> np.ndarray:
+    """A white strip ``width`` px wide naming each class beside a swatch of its colour, wrapped into rows.
+
+    Shape:
+        -> (rows * row_height, width, 3) uint8.
+    """
+    import cv2
+
+    font, fscale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+    items, x, rows = [], 6, 0
+    for name, color in zip(class_names, colors):
+        tw = cv2.getTextSize(str(name), font, fscale, thick)[0][0]
+        need = 14 + 4 + tw + 14
+        if x + need > width and x > 6:
+            rows, x = rows + 1, 6
+        items.append((rows, x, str(name), [int(c) for c in color[:3]]))
+        x += need
+    strip = np.full(((rows + 1) * row_height, width, 3), 255, np.uint8)
+    for r, x0, name, color in items:
+        y = r * row_height
+        cv2.rectangle(strip, (x0, y + 4), (x0 + 14, y + 18), color, -1)
+        cv2.rectangle(strip, (x0, y + 4), (x0 + 14, y + 18), (0, 0, 0), 1)
+        cv2.putText(strip, name, (x0 + 18, y + 16), font, fscale, (0, 0, 0), thick, cv2.LINE_AA)
+    return strip
+
+
+def with_legend(rgb: np.ndarray, class_names: Sequence[str], colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """``rgb`` with a class-colour :func:`legend` below it (at least 240 px wide, padded white)."""
+    width = max(rgb.shape[1], 240)
+    img = rgb if rgb.shape[1] == width else np.pad(rgb, ((0, 0), (0, width - rgb.shape[1]), (0, 0)),
+                                                   constant_values=255)
+    return np.concatenate([img, legend(class_names, colors, width)], axis=0)
+
+
+def write_overlay(path: str | os.PathLike, rgb: np.ndarray, labels: np.ndarray, colors: Sequence[Sequence[int]],
+                  class_names: Sequence[str] | None = None) -> Path:
+    """The overlay of ``labels`` on ``rgb`` (labels resized to it), with a legend when ``class_names`` are given."""
     import cv2
 
     if labels.shape != rgb.shape[:2]:
         labels = cv2.resize(labels.astype(np.uint8), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return write_image(path, overlay_image(rgb, labels, colors))
+    img = overlay_image(rgb, labels, colors)
+    return write_image(path, with_legend(img, class_names, colors) if class_names else img)
 
 
 def composition_rows(counts: Sequence[int], class_names: Sequence[str], mpp: float) -> list[dict[str, Any]]:
@@ -178,13 +281,16 @@ def composition_rows(counts: Sequence[int], class_names: Sequence[str], mpp: flo
     return rows
 
 
-def write_composition_csv(path: str | os.PathLike, rows: list[dict[str, Any]], *, mpp: float) -> Path:
+def write_composition_csv(path: str | os.PathLike, rows: list[dict[str, Any]], *, mpp: float,
+                          run_id: str | None = None) -> Path:
+    """One row per class; a ``run_id`` column when given (the slide run that made it)."""
     buf = io.StringIO()
     fields = ["class_id", "class_name", "pixels", "area_mm2", "fraction", "fraction_tissue", "mpp"]
+    fields += ["run_id"] if run_id else []
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        r = dict(r, mpp=mpp)
+        r = dict(r, mpp=mpp, **({"run_id": run_id} if run_id else {}))
         r["area_mm2"] = f"{r['area_mm2']:.6f}"
         r["fraction"] = f"{r['fraction']:.6f}"
         if r["fraction_tissue"] != "":

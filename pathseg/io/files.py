@@ -16,6 +16,40 @@ from pathseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+#: Part of every temporary file name :func:`atomic_path` makes (``.<name>.<random>.tmp<suffix>``).
+TMP_MARK = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask: from /proc where it is shown (no change to the process), else set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_path` writer left in ``folder`` (not recursive).
+
+    Only names of :func:`atomic_path`'s own pattern (hidden, ``.tmp`` before the suffix) are touched;
+    call it when no writer of that folder is running (e.g. after a slide's run finished under its lock).
+    """
+    folder = Path(folder)
+    gone = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and p.name.startswith(".") and TMP_MARK in p.name[1:] and not p.name.endswith(".lock"):
+                stem = p.name[1:].split(".tmp", 1)[0]
+                if "." in stem:  # .<name>.<random> -- the atomic_path shape
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+    return gone
+
 
 def read_image(path: str | os.PathLike, *, mode: str | None = "RGB") -> np.ndarray:
     """Read an image file into a numpy array.
@@ -55,15 +89,19 @@ def read_image(path: str | os.PathLike, *, mode: str | None = "RGB") -> np.ndarr
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
-    An interrupted write leaves the old file (or nothing), never a half-written file.
+    An interrupted write leaves the old file (or nothing), never a half-written file. The file gets the
+    mode a plain ``open(path, "w")`` would give (0666 less the umask), not ``mkstemp``'s private 0600, so
+    colleagues and viewers running as other users can read the results.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_MARK + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

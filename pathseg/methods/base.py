@@ -21,6 +21,7 @@ from pathseg.data.sample import IGNORE_INDEX
 from pathseg.engine.checkpoint import model_info
 from pathseg.metrics import SegmentationMetrics
 from pathseg.models import SegModel
+from pathseg.models.predict import predict_logits  # noqa: F401  (re-exported: methods validate with it)
 from pathseg.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -157,19 +158,6 @@ def fused_capable(params: list[torch.Tensor]) -> bool | None:
     """True when torch's fused optimiser kernels can take ``params`` (floating point, on CPU or CUDA)."""
     ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return True if ok else None
-
-
-def predict_logits(model: SegModel, image: torch.Tensor, *, channels_last: bool = True, multiple: int = 32) -> torch.Tensor:
-    """Logits for whole images of any size: reflect-pad to a multiple of ``multiple``, run, crop back.
-
-    Shape: image (B, 3, H, W) -> (B, K, H, W).
-    """
-    h, w = image.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    x = F.pad(image, (0, pw, 0, ph), mode="reflect") if (ph or pw) else image
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return model(x)[..., :h, :w]
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

@@ -3,8 +3,8 @@
 One Ray actor per worker (:class:`SlideWorker`) loads the checkpoint once, in its ``__init__``, and
 keeps one :class:`pathseg.inference.predictor.SlidePredictor`; the driver sends it one slide per call
 and gives each actor a new slide as soon as it is free. Every output file is written by the same
-``SlidePredictor`` code as a local run (:func:`pathseg.cli.slides.predict_slides`), into the same
-``out/<stem>/`` folders, so a slide predicted on Ray and one predicted locally are byte-identical
+``SlidePredictor`` code as a local run (:func:`pathseg.inference.batch.predict_slides`), into the same
+``out/<name>/`` folders, so a slide predicted on Ray and one predicted locally are byte-identical
 where the format allows (all files but ``<stem>.run.json``, whose timings and output paths differ),
 provided the backend, device and numerics are the same. A slide that fails is retried up to
 ``retries`` times (on any free worker); its record keeps the number of attempts and every error.
@@ -68,7 +68,7 @@ class SlideWorker:
 
     Args:
         checkpoint: .ckpt/.pt pathseg checkpoint or exported .onnx (the same for every worker).
-        out: output folder; the ONNX export cache is ``out/.onnx-cache`` as in a local run.
+        out: output folder; the ONNX export is cached per user, as in a local run.
         config: the :class:`~pathseg.inference.predictor.PredictConfig` of the run.
         backend: torch | onnx | auto ("auto" on a CPU worker means the CPU default, ONNX Runtime).
         device: "cpu", or None for CUDA when the worker was given a GPU.
@@ -93,7 +93,7 @@ class SlideWorker:
 
             torch.set_num_threads(threads)
             checkpoint, out = Path(checkpoint), Path(out)
-            be = load_backend(checkpoint, backend=backend, cache_dir=out / ".onnx-cache", tile=config.tile,
+            be = load_backend(checkpoint, backend=backend, tile=config.tile,
                               device=device, threads=threads, stain_norm=stain_norm)
             model_id = f"{checkpoint.name}:{file_digest(checkpoint)}" if checkpoint.is_file() else str(checkpoint)
             self.predictor = SlidePredictor(be, config, model_id=model_id)
@@ -109,20 +109,22 @@ class SlideWorker:
         return {"host": self.host, "pid": self.pid, "backend": be.name, "device": be.device,
                 "stain": be.info.get("stain") if be.stain is not None else None}
 
-    def predict(self, path: str, mpp_override: float | None = None) -> dict[str, Any]:
+    def predict(self, path: str, mpp_override: float | None = None, name: str | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
         """One slide, exactly as the local loop does it; a failure comes back as a failed record.
 
         Shape:
             path -> record dict (``status`` done / skipped / failed; failed ones have ``error`` and
             ``traceback``, the last frames of the exception).
         """
-        from pathseg.cli.slides import _failure, predict_one
+        from pathseg.inference.batch import failure_record, predict_one
 
         t = time.perf_counter()
         if self.init_error:
-            rec = _failure(Path(path), DataError(self.init_error))
+            rec = failure_record(Path(path), DataError(self.init_error))
         else:
-            rec = predict_one(self.predictor, Path(path), Path(self.out), mpp_override=mpp_override)
+            rec = predict_one(self.predictor, Path(path), Path(self.out), mpp_override=mpp_override, name=name,
+                              overwrite=overwrite)
         if rec.get("status") == "failed":
             rec.setdefault("timings", {"total_s": time.perf_counter() - t})
         rec["worker"] = f"{self.host}:{self.pid}"
@@ -221,8 +223,12 @@ def stop_workers(actors: Sequence[Any]) -> None:
 
 
 def run_on_workers(actors: Sequence[Any], paths: Sequence[str | os.PathLike], *, mpp_override: float | None = None,
-                   retries: int = 1, on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                   retries: int = 1, overwrite: bool = False,
+                   on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Predict ``paths`` on ``actors``, one slide per call, a new slide to each actor as soon as it is free.
+
+    Each slide goes into ``out/<name>`` with the names of :func:`pathseg.inference.batch.output_names` (two
+    slides of one file name get distinct folders), as in a local run; ``overwrite`` recomputes done slides.
 
     Slides are handed out largest file first (records still come back in input order).
 
@@ -237,11 +243,12 @@ def run_on_workers(actors: Sequence[Any], paths: Sequence[str | os.PathLike], *,
     ray = import_ray()
     from ray.exceptions import RayActorError, RayError
 
-    from pathseg.cli.slides import _failure
+    from pathseg.inference.batch import failure_record, output_names
 
     if retries < 0:
         raise ConfigError(f"retries must be >= 0, got {retries}")
     paths = [Path(p) for p in paths]
+    names = output_names(paths)
     records: list[dict[str, Any] | None] = [None] * len(paths)
     attempts = [0] * len(paths)
     errors: list[list[str]] = [[] for _ in paths]
@@ -269,7 +276,7 @@ def run_on_workers(actors: Sequence[Any], paths: Sequence[str | os.PathLike], *,
         while queue and idle:
             i, w = queue.popleft(), idle.popleft()
             attempts[i] += 1
-            running[actors[w].predict.remote(str(paths[i]), mpp_override)] = (i, w)
+            running[actors[w].predict.remote(str(paths[i]), mpp_override, names[paths[i]], overwrite)] = (i, w)
         if not running:  # every worker is gone
             i = queue.popleft()
             errors[i].append(f"{paths[i]}: not predicted: every Ray worker died (see the errors of the slides before)")
@@ -290,7 +297,7 @@ def run_on_workers(actors: Sequence[Any], paths: Sequence[str | os.PathLike], *,
                             f"out of memory? try fewer workers per node or a smaller --batch-size"}
         except RayError as e:
             idle.append(w)
-            rec = _failure(paths[i], e)
+            rec = failure_record(paths[i], e)
         if rec.get("status") == "failed":
             errors[i].append(rec.get("error", "?"))
             if attempts[i] <= retries:
@@ -306,9 +313,11 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
                        mpp_override: float | None = None, tile: int = 512, overlap: float = 0.5,
                        loader_workers: int = 0, batch_size: int = 8, backend: str = "auto",
                        probabilities: bool = False, blend: str = "mean", min_tissue: float = 0.05,
-                       tissue_method: str = "saturation", stain_norm: bool = True, show_progress: bool = True,
+                       tissue_method: str = "saturation", stain_norm: bool = True, overwrite: bool = False,
+                       min_area: float | None = None, simplify: float | None = None,
+                       multipolygon: bool | None = None, show_progress: bool = True,
                        out_console: Console | None = None) -> list[dict[str, Any]]:
-    """:func:`pathseg.cli.slides.predict_slides` on a Ray cluster: same settings, same outputs, same records.
+    """:func:`pathseg.inference.batch.predict_slides` on a Ray cluster: same settings, same outputs, same records.
 
     Args:
         address: Ray address ("auto", "HOST:6379", "ray://HOST:10001"); None or "local" starts a
@@ -318,28 +327,28 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
             ``int(cpus_per_worker)`` threads, on CUDA when ``gpus_per_worker`` > 0.
         retries: further attempts for a failed slide (its record keeps ``attempts`` and ``errors``).
         loader_workers: DataLoader reader processes inside each worker (``--workers`` of the local run).
-        The rest: as :func:`~pathseg.cli.slides.predict_slides`.
+        min_area, simplify, multipolygon: GeoJSON options (:class:`pathseg.inference.predictor.PredictConfig`).
+        The rest: as :func:`pathseg.inference.batch.predict_slides`.
 
-    Settings errors, an unwritable ``out``, duplicate slide names or a checkpoint that does not load
-    stop the run before any slide; a slide's own failure is recorded and the others go on.
+    Settings errors, an unwritable ``out`` or a checkpoint that does not load stop the run before any
+    slide; a slide's own failure is recorded and the others go on.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pathseg.cli.slides import _summary_table, check_writable, console
+    from pathseg.inference.batch import check_writable, output_names, renamed, stain_note
     from pathseg.inference.predictor import PredictConfig
 
-    con = out_console or console
+    con = out_console or Console(stderr=True)
     import_ray()
+    geo = {k: v for k, v in (("min_area_um2", min_area), ("simplify", simplify), ("multipolygon", multipolygon))
+           if v is not None}
     cfg = PredictConfig(tile=tile, overlap=overlap, mpp=mpp, batch_size=batch_size, workers=loader_workers,
-                        probabilities=probabilities, blend=blend, min_tissue=min_tissue, tissue_method=tissue_method)
+                        probabilities=probabilities, blend=blend, min_tissue=min_tissue, tissue_method=tissue_method,
+                        **geo)
     out = check_writable(out)
     paths = [Path(p) for p in paths]
-    seen: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in seen:
-            raise ConfigError(f"{seen[p.stem]} and {p} would both write into {out / p.stem}; on Ray they would run "
-                              f"at the same time: rename one or predict them into different --out folders")
-        seen[p.stem] = p
+    for note in renamed(output_names(paths)):
+        con.print(note)
     num_cpus = None
     if address in (None, "", "local"):
         num_cpus = math.ceil(workers * cpus_per_worker) if workers else (os.cpu_count() or 1)
@@ -349,21 +358,17 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
         actors, infos = start_workers(checkpoint, out, cfg, workers=workers, cpus_per_worker=cpus_per_worker,
                                       gpus_per_worker=gpus_per_worker, backend=backend, stain_norm=stain_norm)
         if infos and infos[0].get("stain"):
-            from pathseg.engine.predict_images import stain_note
-
             con.print(stain_note(infos[0]["stain"]))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=con, disable=not show_progress, transient=False) as progress:
             task = progress.add_task(f"slides on Ray ({len(actors)} workers)", total=len(paths))
-            rows = run_on_workers(actors, paths, mpp_override=mpp_override, retries=retries,
+            rows = run_on_workers(actors, paths, mpp_override=mpp_override, retries=retries, overwrite=overwrite,
                                   on_done=lambda _: progress.advance(task))
     finally:
         if actors:
             stop_workers(actors)
         if started:
             import_ray().shutdown()
-    done = sum(r["status"] in ("done", "skipped") for r in rows)
     where = sorted({f"{i['backend']} on {i['device']}" for i in infos})
-    con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out} on Ray ({len(actors)} workers "
-                                   f"on {len({i['host'] for i in infos})} node(s), backend {', '.join(where)})"))
+    con.print(f"Ray: {len(actors)} workers on {len({i['host'] for i in infos})} node(s), backend {', '.join(where)}")
     return rows

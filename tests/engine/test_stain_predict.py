@@ -19,11 +19,12 @@ from wsi_helpers import ColourModel, colour_info  # noqa: E402
 from pathseg.cli.main import app  # noqa: E402
 from pathseg.data.synth import render_region  # noqa: E402
 from pathseg.engine.checkpoint import load_model, save_model_checkpoint  # noqa: E402
-from pathseg.engine.predict_images import normalise, predict_images  # noqa: E402
+from pathseg.inference.images import predict_images  # noqa: E402
 from pathseg.errors import DataError  # noqa: E402
 from pathseg.inference.backends import TorchBackend  # noqa: E402
 from pathseg.io.files import read_image, write_image  # noqa: E402
-from pathseg.methods.base import predict_logits  # noqa: E402
+from pathseg.models.predict import predict_logits  # noqa: E402
+from pathseg.models.predict import to_model_input as normalise  # noqa: E402
 from pathseg.models import create_model  # noqa: E402
 from pathseg.transforms.stain import MacenkoNormalizer  # noqa: E402
 
@@ -64,11 +65,19 @@ def loaded(ckpt: Path):
     return model.to(memory_format=torch.channels_last), info
 
 
-def reference_labels(ckpt: Path, image: np.ndarray) -> np.ndarray:
-    """What predict_images should write, computed directly."""
+def reference_labels(ckpt: Path, image: np.ndarray) -> np.ma.MaskedArray:
+    """What predict_images should write, computed directly; pixels whose two logits are within 1e-4 are
+    masked (float rounding of an equivalent normalisation may flip them)."""
     model, info = loaded(ckpt)
     with torch.inference_mode():
-        return predict_logits(model, normalise(image, info["mean"], info["std"])).argmax(1)[0].numpy().astype(np.uint8)
+        logits = predict_logits(model, normalise(image, info["mean"], info["std"]))[0].numpy()
+    top2 = np.sort(logits, axis=0)[-2:]
+    return np.ma.masked_array(logits.argmax(0).astype(np.uint8), mask=(top2[1] - top2[0]) < 1e-4)
+
+
+def assert_labels(got: np.ndarray, want: np.ma.MaskedArray) -> None:
+    assert want.mask.mean() < 0.01
+    np.testing.assert_array_equal(got[~want.mask], want.data[~want.mask])
 
 
 def test_predict_images_applies_the_checkpoint_stain(setup, norm):
@@ -78,8 +87,8 @@ def test_predict_images_applies_the_checkpoint_stain(setup, norm):
     predict_images([image_path], ckpt, d / "on", log=notes.append)
     predict_images([image_path], ckpt, d / "off", stain_norm=False, log=notes.append)
     on, off = read_labels(d / "on" / "img.png"), read_labels(d / "off" / "img.png")
-    np.testing.assert_array_equal(on, reference_labels(ckpt, norm.transform(img)))
-    np.testing.assert_array_equal(off, reference_labels(ckpt, img))
+    assert_labels(on, reference_labels(ckpt, norm.transform(img)))
+    assert_labels(off, reference_labels(ckpt, img))
     assert not np.array_equal(on, off)
     assert len(notes) == 1 and "macenko" in notes[0] and "centre-2 tile" in notes[0] and "--no-stain-norm" in notes[0]
 
@@ -94,7 +103,7 @@ def test_checkpoint_without_stain_predicts_as_before(setup):
     for ckpt in (plain, d / "old.ckpt"):
         predict_images([image_path], ckpt, d / ckpt.stem, log=notes.append)
         got = read_labels(d / ckpt.stem / "img.png")
-        np.testing.assert_array_equal(got, reference_labels(plain, read_image(image_path)))
+        assert_labels(got, reference_labels(plain, read_image(image_path)))
     assert notes == []
 
 

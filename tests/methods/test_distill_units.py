@@ -55,6 +55,26 @@ def test_nuclei_dice_method_and_tconv_models():
     assert m2(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
 
 
+@pytest.mark.parametrize("config, name", [("nuclei_unet.yaml", "unet_tconv"),
+                                          ("nuclei_unetplusplus.yaml", "unetplusplus_tconv")])
+def test_nuclei_configs_build_transposed_conv_decoders(config, name):
+    import pathseg.methods  # noqa: F401  (registers the _tconv models)
+    from pathseg.engine.config import load_config
+    from pathseg.models import create_model
+
+    cfg = load_config(f"configs/distill/{config}")
+    assert (cfg.model.name, cfg.model.encoder) == (name, "resnet18")
+    model = create_model(cfg.model.name, encoder=cfg.model.encoder, num_classes=2, **cfg.model.options).eval()
+    tconv = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert tconv and all(m.stride == (2, 2) for m in tconv)
+    calls = []
+    for m in tconv:
+        m.register_forward_hook(lambda mod, args, out: calls.append(mod))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    assert {id(m) for m in calls} == {id(m) for m in tconv}  # every decoder block upsamples through one
+
+
 def test_nuclei_patches_tiles_without_overlap_zero_padded():
     from pathseg.methods.distill.nuclei import NucleiPatches
 
@@ -144,15 +164,15 @@ def test_read_qupath_cells_and_match(tmp_path):
     assert [c.geometry.geom_type for c in cells] == ["Polygon", "Polygon", "Point"]
     assert cells[1].geometry.bounds == (20.0, 2.0, 26.0, 8.0)  # nucleus geometry preferred
     labels = match_cells(_instances(), cells, CLASSES)
-    assert labels.tolist() == [1, 2, 1, 0]  # nucleus 4: nobody annotated it -> background
+    assert labels.tolist() == [1, 2, 1, -1]  # nucleus 4: nobody annotated it -> unknown, not background
     # a point beside a nucleus matches the nearest centroid within max_distance, not beyond
     from shapely.geometry import Point
 
     from pathseg.methods.distill.matching import Cell
 
     near = [Cell("lymphocyte", Point(37.5, 23.0))]  # 3 px right of nucleus 4
-    assert match_cells(_instances(), near, CLASSES).tolist() == [0, 0, 0, 2]
-    assert match_cells(_instances(), near, CLASSES, max_distance=2.0).tolist() == [0, 0, 0, 0]
+    assert match_cells(_instances(), near, CLASSES).tolist() == [-1, -1, -1, 2]
+    assert match_cells(_instances(), near, CLASSES, max_distance=2.0).tolist() == [-1, -1, -1, -1]
     # downsampled export: coordinates halve
     half = read_cells(path, downsample=2.0)
     assert half[0].geometry.bounds == (1.0, 1.0, 4.0, 4.0)
@@ -170,11 +190,21 @@ def test_geojson_export_round_trip(tmp_path):
     assert feats[0]["properties"]["measurements"]["probability"] == 0.9
     path = write_geojson(tmp_path / "out.geojson", feats)
     back = match_cells(inst, read_cells(path), CLASSES)
-    assert back.tolist() == classes.tolist()
+    assert back.tolist() == [1, 2, -1, 2]  # the background nucleus was not written: it reads back unknown
     # scaled export (map px -> level-0 px) reads back with the same downsample
     feats2 = cells_to_features(inst, classes, CLASSES, scale=4.0)
     write_geojson(tmp_path / "x4.geojson", feats2)
-    assert match_cells(inst, read_cells(tmp_path / "x4.geojson", downsample=4.0), CLASSES).tolist() == classes.tolist()
+    assert match_cells(inst, read_cells(tmp_path / "x4.geojson", downsample=4.0), CLASSES).tolist() == [1, 2, -1, 2]
+
+
+def test_geojson_export_drops_the_class_named_background_not_index_0():
+    names = ["other", "immune", "muscle", "background"]  # the paper's class order: background is index 3
+    classes = np.array([0, 3, 1, -1])  # nucleus 4 unknown
+    got = [f["properties"]["classification"]["name"] for f in cells_to_features(_instances(), classes, names)]
+    assert got == ["other", "immune"]  # nucleus 1 ("other", index 0) kept; 2 (background) and 4 (unknown) not
+    got = [f["properties"]["classification"]["name"]
+           for f in cells_to_features(_instances(), classes, names, include_background=True)]
+    assert got == ["other", "background", "immune"]  # unknown is never written
 
 
 # ---------------------------------------------------------------------------------------------- classifiers

@@ -27,7 +27,7 @@ from pathseg.scale.ray_predict import connect, predict_slides_ray  # noqa: E402
 
 #: run.json fields that differ between two runs of the same slide: where the outputs went and how long
 #: it took. Everything else in it (settings, key, model, class pixels, versions) must match.
-VOLATILE = ("outputs", "timings", "tiles_per_s")
+VOLATILE = ("outputs", "timings", "tiles_per_s", "run_id")
 TILE = 128  # 1024 px slides at 0.5 µm/px, model at 2 µm/px: 256 px output, 5-9 tiles per slide
 
 
@@ -85,8 +85,22 @@ def test_ray_outputs_identical_to_local(ray_local, slides, onnx_model, tmp_path)
     for name, path in files_local.items():
         if name.endswith(".run.json"):
             assert _stable(json.loads(path.read_text())) == _stable(json.loads(files_ray[name].read_text())), name
-        else:  # label pyramid, GeoJSON, overlay, tissue mask, composition CSV
+        elif name.endswith((".geojson", ".composition.csv")):  # the same but for each run's own id
+            a = _without_run_id(path.read_text(), _record(path)["run_id"])
+            b = _without_run_id(files_ray[name].read_text(), _record(files_ray[name])["run_id"])
+            assert a == b, name
+        else:  # label pyramid, overlay, tissue mask
             assert path.read_bytes() == files_ray[name].read_bytes(), name
+
+
+def _record(output: Path) -> dict:
+    """The run record beside a slide output."""
+    return json.loads(next(output.parent.glob("*.run.json")).read_text())
+
+
+def _without_run_id(text: str, run_id: str) -> str:
+    assert text.count(run_id) >= 1  # every output of a run carries its id
+    return text.replace(run_id, "RUN")
 
 
 def test_corrupt_slide_is_reported_and_the_others_finish(ray_local, slides, onnx_model, tmp_path):
@@ -160,7 +174,7 @@ def test_a_worker_that_dies_is_restarted_and_its_slide_retried(ray_local, tmp_pa
     from pathseg.scale.ray_predict import MAX_RESTARTS, run_on_workers, stop_workers
 
     class Crashing:  # defined here, so Ray ships the class itself (tests/ is not importable in a worker)
-        def predict(self, path, mpp_override=None):
+        def predict(self, path, mpp_override=None, name=None, overwrite=False):
             import os
 
             if "crash" in path:

@@ -5,7 +5,10 @@ images: its patches (``size`` px at each of ``scales``), the image id, centroid,
 label vectors, each -1 where unknown: ``weak`` (from a tool, e.g. a QuPath classifier), ``expert``
 (few, trusted) and ``truth`` (for evaluation only: synthetic data or a fully checked test set).
 :func:`build_cell_bank` makes one from images, instance maps and QuPath GeoJSON exports
-(:mod:`.matching`: a nucleus nobody annotated is "background").
+(:mod:`.matching`: a nucleus nobody annotated is unknown, -1, never a target of the teacher or the
+fine-tuning; the student still sees its patch, labelled by the teacher). Nuclei are
+segmented by :class:`NucleusSegmenter`, which applies the checkpoint's stain normalisation as
+``pathseg predict`` does; patches are cut from the original image.
 
 :func:`run_distill` then trains, each step resumable from its file in ``out``:
 
@@ -153,27 +156,56 @@ def bank_from_instances(
                     expert=np.concatenate(parts["expert"]), truth=np.concatenate(parts["truth"]))
 
 
-def segment_nuclei(model: torch.nn.Module, image: np.ndarray, *, split_touching: bool = False,
-                   min_size: int = 4) -> np.ndarray:
-    """Instance map of the nuclei a binary segmenter finds in an RGB image (class 1 = nucleus).
+class NucleusSegmenter:
+    """A phase-I nuclei checkpoint used as ``pathseg predict`` uses it.
+
+    Each image is recoloured with the checkpoint's fitted stain normaliser (``info["stain"]``, tiles
+    with too little tissue left unchanged; ``stain_norm=False`` or a checkpoint without one: off),
+    normalised with the checkpoint's mean/std, and segmented; nuclei are the components of the
+    class-1 (nucleus) pixels of the argmax, optionally split by watershed (:func:`.instances.label_instances`).
 
     Shape:
-        image (H, W, 3) uint8 -> int32 (H, W), 0 = background, 1..N.
+        __call__(image (H, W, 3) uint8) -> int32 (H, W), 0 = background, 1..N.
+
+    Example:
+        >>> seg = NucleusSegmenter.load("runs/distill/nuclei_unet/model.ckpt")  # doctest: +SKIP
+        >>> inst = seg(image, split_touching=True)                               # doctest: +SKIP
     """
-    from pathseg.methods.base import predict_logits
-    from pathseg.transforms import to_tensor
 
-    from .instances import label_instances
+    def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, stain: Any = None) -> None:
+        self.model, self.info, self.stain = model, info, stain
 
-    x = to_tensor({"image": image})["image"][None]
-    with torch.inference_mode():
-        pred = predict_logits(model, x, channels_last=False).argmax(1)[0].numpy()
-    return label_instances(pred == 1, split_touching=split_touching, min_size=min_size)
+    @classmethod
+    def load(cls, checkpoint: str | Path, *, stain_norm: bool = True) -> "NucleusSegmenter":
+        from pathseg.engine.checkpoint import load_model
+        from pathseg.transforms.stain import normalizer_from_state
+
+        model, info = load_model(checkpoint)
+        stain = normalizer_from_state(info.get("stain"), checkpoint, fallback="identity") if stain_norm else None
+        return cls(model, info, stain=stain)
+
+    def model_input(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, H, W) float32: stain-normalised (when on), scaled to 0..1, mean/std."""
+        if self.stain is not None:
+            image = self.stain.transform(image)
+        mean = torch.tensor(self.info.get("mean", IMAGENET_MEAN), dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.info.get("std", IMAGENET_STD), dtype=torch.float32).view(3, 1, 1)
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+        return ((x - mean) / std)[None]
+
+    def __call__(self, image: np.ndarray, *, split_touching: bool = False, min_size: int = 4) -> np.ndarray:
+        from pathseg.methods.base import predict_logits
+
+        from .instances import label_instances
+
+        with torch.inference_mode():
+            pred = predict_logits(self.model, self.model_input(image), channels_last=False).argmax(1)[0].numpy()
+        return label_instances(pred == 1, split_touching=split_touching, min_size=min_size)
 
 
 def build_cell_bank(
     images: Sequence[Path],
-    checkpoint: str | Path | None,
+    checkpoint: "str | Path | NucleusSegmenter | None",
     class_names: Sequence[str],
     *,
     instances_dir: Path | None = None,
@@ -185,20 +217,24 @@ def build_cell_bank(
     split_touching: bool = False,
     min_overlap: float = 0.3,
     max_distance: float = 6.0,
+    stain_norm: bool = True,
 ) -> CellBank:
     """Segment each image with a phase-I checkpoint, cut nucleus patches, match QuPath labels.
 
-    Label folders hold ``<image stem>.geojson`` (a missing file leaves that image's labels unknown).
+    ``checkpoint`` is a phase-I checkpoint path or a loaded :class:`NucleusSegmenter`. Segmentation
+    applies the checkpoint's stain normalisation (``stain_norm=False``: off, for a path); patches are
+    cut from the original image, as ``pathseg cells`` cuts them.
+    Label folders hold ``<image stem>.geojson`` (a missing file leaves that image's labels unknown);
+    a nucleus no annotation in the file claims is unknown too (-1, :func:`.matching.match_cells`).
     ``instances_dir`` (``<image stem>.png``, 16-bit ids) replaces the segmentation where a file exists,
     e.g. to build a bank on reference nuclei; ``checkpoint`` may then be None.
-    ``class_names`` must include "background" (unmatched nuclei).
     """
-    from pathseg.engine.checkpoint import load_model
     from pathseg.io.files import read_image
 
     from .matching import match_cells, read_cells
 
-    model = load_model(checkpoint)[0] if checkpoint is not None else None
+    segmenter = (checkpoint if isinstance(checkpoint, NucleusSegmenter) or checkpoint is None
+                 else NucleusSegmenter.load(checkpoint, stain_norm=stain_norm))
     items, labels = [], {"weak": {}, "expert": {}, "truth": {}}
     for path in images:
         image = read_image(path)
@@ -207,10 +243,10 @@ def build_cell_bank(
             from .instances import _clean
 
             inst = _clean(np.asarray(read_image(given, mode=None)).astype(np.int32), 1)
-        elif model is None:
+        elif segmenter is None:
             raise DataError(f"{path.stem}: no instance map in {instances_dir} and no segmenter checkpoint given")
         else:
-            inst = segment_nuclei(model, image, split_touching=split_touching)
+            inst = segmenter(image, split_touching=split_touching)
         items.append((path.stem, image, inst))
         for key, folder in (("weak", weak_dir), ("expert", expert_dir), ("truth", truth_dir)):
             if folder is None:

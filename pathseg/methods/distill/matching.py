@@ -16,12 +16,15 @@ Matching (:func:`match_cells`), per segmented nucleus:
   ``max_distance`` px;
 * a nucleus claimed more than once takes the claim with the largest overlap (points count as
   overlap 1.0, i.e. a point inside a nucleus wins);
-* a nucleus nobody claims gets ``background`` ("background", as published): the segmenter found
-  something the annotator did not call a cell.
+* a nucleus nobody claims is unknown (:data:`UNKNOWN`, -1), never ``background``: expert
+  annotations are sparse, so an unannotated nucleus is usually a real cell nobody looked at.
+  An unknown label is never a training target; "background" is a class only where an annotation says so.
 
 Export (:func:`cells_to_features`): one QuPath ``detection`` per nucleus, the nucleus outline as a
-``Polygon`` (vertices at boundary pixel centres, as :mod:`pathseg.inference.writers` writes regions),
+``Polygon`` (vertices at the centres of its boundary pixels, :func:`_ring`),
 ``properties.classification = {"name", "color"}`` and ``measurements`` with the class probability.
+Nuclei of unknown class (-1) are never written; those of the class named ``background`` only when
+asked (``include_background``), whatever its index in the class list.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import numpy as np
 from pathseg.errors import DataError
 
 BACKGROUND = "background"
+#: the class of a nucleus no annotation claims (the cell bank's "unknown"; training ignores it)
+UNKNOWN = -1
 
 
 @dataclass
@@ -99,32 +104,29 @@ def match_cells(
     *,
     min_overlap: float = 0.3,
     max_distance: float = 6.0,
-    background: str = BACKGROUND,
     strict: bool = True,
 ) -> np.ndarray:
     """Class index of every segmented nucleus 1..N from annotated cells (rules: module docstring).
 
-    ``class_names`` must contain ``background``. An annotation class not in ``class_names`` raises
-    (``strict``) or is skipped.
+    A nucleus no annotation claims gets :data:`UNKNOWN` (-1). An annotation class not in
+    ``class_names`` raises (``strict``) or is skipped.
 
     Shape:
-        instances (H, W) int (0 = none, 1..N) -> int64 (N,); entry i is nucleus i+1.
+        instances (H, W) int (0 = none, 1..N) -> int64 (N,) in -1..len(class_names)-1; entry i is nucleus i+1.
 
     Example:
         >>> from shapely.geometry import Point
         >>> inst = np.zeros((8, 8), np.int32); inst[1:4, 1:4] = 1; inst[5:8, 5:8] = 2
         >>> match_cells(inst, [Cell("tumour", Point(2.5, 2.5))], ["background", "tumour"]).tolist()
-        [1, 0]
+        [1, -1]
     """
     from pathseg.io.annotations import _geom_rings, fill_polygon
 
     from .instances import instance_centroids
 
     index = {c: i for i, c in enumerate(class_names)}
-    if background not in index:
-        raise DataError(f"match_cells: class_names {list(class_names)} must include {background!r} for unmatched nuclei")
     n = int(instances.max()) if instances.size else 0
-    labels = np.full(n, index[background], np.int64)
+    labels = np.full(n, UNKNOWN, np.int64)
     best = np.zeros(n, np.float64)
     if n == 0:
         return labels
@@ -175,6 +177,22 @@ def match_cells(
     return labels
 
 
+def _ring(points: np.ndarray, scale: float, ox: float = 0.0, oy: float = 0.0) -> list[list[float]]:
+    """cv2 contour (N, 1, 2) in map pixels -> closed ring of output coordinates through the pixel centres.
+
+    A 1-2 point contour (one pixel or a thin line) becomes its pixel squares' bounding box.
+    """
+    p = points.reshape(-1, 2).astype(np.float64)
+    if len(p) < 3:
+        x0, y0 = p.min(0) - 0.5
+        x1, y1 = p.max(0) + 0.5
+        p = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    xy = (p + 0.5) * scale + np.array([ox, oy])
+    ring = [[round(float(x), 3), round(float(y), 3)] for x, y in xy]
+    ring.append(ring[0])
+    return ring
+
+
 def cells_to_features(
     instances: np.ndarray,
     classes: np.ndarray,
@@ -185,24 +203,33 @@ def cells_to_features(
     scale: float = 1.0,
     offset: tuple[float, float] = (0.0, 0.0),
     include_background: bool = False,
+    background: str = BACKGROUND,
     object_type: str = "detection",
     id_prefix: str = "",
 ) -> list[dict[str, Any]]:
-    """QuPath GeoJSON features, one per nucleus, classified (see the module docstring).
+    """QuPath GeoJSON features, one per nucleus of known class (see the module docstring).
 
     Args:
-        classes: class index per nucleus 1..N (entry i = nucleus i+1).
+        classes: class index per nucleus 1..N (entry i = nucleus i+1); :data:`UNKNOWN` (-1) is not written.
         probabilities: optional (N,) confidence of that class, written as a measurement.
         scale, offset: output coordinates = (map pixel centre) * scale + offset (level-0 pixels).
-        include_background: also write nuclei classified ``class_names[0]``.
+        include_background: also write nuclei of the class named ``background`` (matched by name,
+            not index: ``["other", "immune", "muscle", "background"]`` drops index 3 only; a class list
+            without that name drops nothing).
+        background: that class's name.
 
     Shape:
-        instances (H, W) int, classes (N,) int -> list of N' Feature dicts.
+        instances (H, W) int, classes (N,) int -> list of N' ≤ N Feature dicts.
+
+    Example:
+        >>> inst = np.zeros((8, 8), np.int32); inst[1:4, 1:4] = 1; inst[5:8, 5:8] = 2
+        >>> feats = cells_to_features(inst, np.array([0, 1]), ["other", "background"])
+        >>> [f["properties"]["classification"]["name"] for f in feats]
+        ['other']
     """
     import cv2
 
     from pathseg.engine.checkpoint import default_colors
-    from pathseg.inference.writers import _ring
 
     colors = colors or default_colors(len(class_names))
     feats: list[dict[str, Any]] = []
@@ -211,12 +238,17 @@ def cells_to_features(
         raise DataError(f"cells_to_features: {len(classes)} classes for {n} nuclei; pass one class per nucleus")
     from scipy import ndimage as ndi
 
+    classes = np.asarray(classes, np.int64)
+    if classes.size and (classes.min() < UNKNOWN or classes.max() >= len(class_names)):
+        raise DataError(f"cells_to_features: class indices must be in -1..{len(class_names) - 1} for classes "
+                        f"{list(class_names)}, got {int(classes.min())}..{int(classes.max())}")
+    skip = {UNKNOWN} | (set() if include_background else {i for i, c in enumerate(class_names) if c == background})
     boxes = ndi.find_objects(instances.astype(np.int32))
     for j, box in enumerate(boxes):
         if box is None:
             continue
         k = int(classes[j])
-        if k == 0 and not include_background:
+        if k in skip:
             continue
         sub = (instances[box] == j + 1).astype(np.uint8)
         contours, _ = cv2.findContours(np.pad(sub, 1), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -14,7 +14,7 @@ Three pieces, each registered so a YAML config picks them by name (``configs/dis
 
 Example config (``pathseg train -c configs/distill/nuclei_unet.yaml``)::
 
-    model: {name: unet}
+    model: {name: unet_tconv}
     method: {name: nuclei_dice, params: {dropout: 0.3}}
     optim: {name: adam, lr: 1.0e-4, weight_decay: 0}
     data: {dataset: nuclei_patches, options: {patch: 512, sources: [{dataset: monuseg}, ...]}}

@@ -89,7 +89,7 @@ def write_synthetic_cells(out: str | Path, n_images: int = 4, size: int = 256, *
     from pathseg.io.files import write_image
 
     from .instances import instance_centroids
-    from .matching import cells_to_features
+    from .matching import UNKNOWN, cells_to_features
     from pathseg.inference.writers import write_geojson
 
     out = Path(out)
@@ -109,6 +109,6 @@ def write_synthetic_cells(out: str | Path, n_images: int = 4, size: int = 256, *
         else:
             write_geojson(out / "weak" / f"{image_id}.geojson", cells_to_features(inst, weak, CELL_CLASSES))
         chosen = cls.copy()
-        chosen[rng.random(cls.size) >= expert_fraction] = 0
+        chosen[rng.random(cls.size) >= expert_fraction] = UNKNOWN  # not written: the expert did not look at it
         write_geojson(out / "expert" / f"{image_id}.geojson", cells_to_features(inst, chosen, CELL_CLASSES))
     return {"out": str(out), "classes": CELL_CLASSES}
