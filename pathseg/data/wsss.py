@@ -5,9 +5,17 @@ using patch-level classification labels", Medical Image Analysis 80, 2022 (githu
 
 Layout (``training/`` as named here; the release calls it ``train/``, both are accepted)::
 
-    root/training/<name>[abcd].png    patch; the bracket holds the multi-label vector, e.g. [1010]
+    root/training/<name>[...].png    patch; the bracket holds the multi-label vector
     root/val/img/*.png,  root/val/mask/*.png     pixel masks (palette/index PNG, value = class)
     root/test/img/*.png, root/test/mask/*.png
+
+Training patch names, as released (the datasets' readme files and ``tool/GenDataset.py`` of the
+authors' code); both forms are accepted for either dataset:
+
+* LUAD-HistoSeg: ``'patient_ID'-'x'-'y'-[a b c d].png``, digits separated by single spaces,
+  e.g. ``1031280-2300-27920-[1 0 0 1].png``.
+* BCSS-WSSS: ``'BCSS image name'+'index'[abcd].png``, digits side by side,
+  e.g. ``TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500+0[1101].png``.
 
 Class orders (as published; index = mask value = position in the bracket vector):
 
@@ -23,6 +31,8 @@ and ``labels`` = the classes present in it.
 Example:
     >>> parse_multilabel("TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500+0[1101].png")
     [1, 1, 0, 1]
+    >>> parse_multilabel("1031280-2300-27920-[1 0 0 1].png")
+    [1, 0, 0, 1]
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import DataError
 from pathseg.io.files import list_images, read_image
 
-_LABELS = re.compile(r"\[([01]+)\]$")
+# the trailing bracket of a training patch name: "[1101]" (BCSS-WSSS) or "[1 0 0 1]" (LUAD-HistoSeg)
+_LABELS = re.compile(r"\[([01]+|[01](?: [01])+)\]$")
+_FORMS = "'...-[1 0 0 1].png' (LUAD-HistoSeg) or '...+0[1101].png' (BCSS-WSSS)"
 BACKGROUND_VALUE = 4
 """Mask value of the white background / unlabelled area in both releases (mapped to ignore)."""
 
@@ -52,19 +64,26 @@ _HAN_2022 = (
 def parse_multilabel(name: str, num_classes: int | None = None) -> list[int]:
     """The 0/1 vector in the trailing ``[...]`` of a patch file name (suffix optional).
 
-    Raises :class:`DataError` naming the file when there is none or its length is not ``num_classes``.
+    The digits stand side by side (``[0110]``, BCSS-WSSS) or are separated by single spaces
+    (``[0 1 1 0]``, LUAD-HistoSeg). Raises :class:`DataError` naming the file when the name ends in
+    neither form or the vector's length is not ``num_classes``.
 
     Example:
         >>> parse_multilabel("patch_17[0110].png", 4)
+        [0, 1, 1, 0]
+        >>> parse_multilabel("385277-44539-46781-[0 1 1 0].png", 4)
         [0, 1, 1, 0]
     """
     stem = Path(name).stem if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".bmp") else name
     m = _LABELS.search(stem)
     if not m:
-        raise DataError(f"{name}: training patch name has no label vector like '[1010]' before the suffix")
-    vec = [int(c) for c in m.group(1)]
+        raise DataError(
+            f"{name}: training patch name has no label vector of 0/1 digits in brackets before the suffix; "
+            f"expected a name like {_FORMS}, as in the released datasets"
+        )
+    vec = [int(c) for c in m.group(1).replace(" ", "")]
     if num_classes is not None and len(vec) != num_classes:
-        raise DataError(f"{name}: label vector {m.group(1)} has {len(vec)} entries, expected {num_classes}")
+        raise DataError(f"{name}: label vector [{m.group(1)}] has {len(vec)} entries, expected {num_classes}")
     return vec
 
 
@@ -86,7 +105,7 @@ class PatchWSSSDataset(SegmentationDataset):
                 raise DataError(f"{self.name}: {self.root}/training not found. {self.download_hint}")
             self._images = list_images(folder)
             self._masks = None
-            self._labels = [parse_multilabel(p.name, self.num_classes) for p in self._images]
+            self._labels = [parse_multilabel(str(p), self.num_classes) for p in self._images]
         else:
             img_dir, mask_dir = self.root / split / "img", self.root / split / "mask"
             if not img_dir.is_dir():

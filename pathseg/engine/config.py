@@ -83,6 +83,12 @@ class TrainerConfig:
     resume: bool = True  # continue from out/checkpoints/last.ckpt when present
     log_every: int = 10
     progress: bool = True
+    # keep the weights of the best validation: model.ckpt is written from checkpoints/best.ckpt, the validation
+    # with the best value of this logged metric (e.g. val/mIoU); None = the weights at the end of training.
+    # Off by default because data.val_split defaults to "test", and choosing on the test split biases its score;
+    # MLPS (Han et al. 2022) keeps the best epoch by validation mIoU (configs/weak/luad_histoseg_phase*.yaml).
+    best_metric: str | None = None
+    best_mode: str = "max"  # max | min: whether a larger or a smaller best_metric is better
 
 
 @dataclass

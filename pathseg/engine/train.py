@@ -3,8 +3,18 @@
 ``train(cfg)`` writes into ``cfg.trainer.out``:
     config.yaml            the resolved configuration
     checkpoints/last.ckpt  Lightning checkpoint (resume: run the same command again)
-    model.ckpt             the final model for `pathseg predict` / `evaluate`
+    checkpoints/best.ckpt  with ``trainer.best_metric``: the Lightning checkpoint of the best validation so far
+    model.ckpt             the model for `pathseg predict` / `evaluate`: the weights at the end of training, or
+                           with ``trainer.best_metric`` those of best.ckpt; its ``pathseg`` entry then records
+                           the choice under ``selection`` ({metric, mode, value, step, epoch})
     metrics.csv, metrics.json  one row per validation ("epoch" = trainer.val_every steps)
+
+Best-checkpoint selection (``trainer.best_metric: val/mIoU``, ``trainer.best_mode: max``) works for every
+method: it monitors a metric the method logs at validation (``val/mIoU``, ``val/Dice``, ``val/IoU/<class>``,
+a method's own such as ``val/cls_accuracy``) with Lightning's ModelCheckpoint. A name that is not logged
+stops the run at the first validation with the list of logged names. Only validations during training
+compete: when a run ends between two validations, its last steps are not kept, and when none ran during
+training (``max_steps < val_every``), model.ckpt holds the final weights and a warning says so.
 
 Data-parallel training (``trainer.devices``, ``trainer.num_nodes``, ``trainer.strategy=ddp``) is
 Lightning's; what the methods' own state needs is in :mod:`pathseg.engine.distributed`. Every file
@@ -60,6 +70,55 @@ class MetricsWriter(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+BEST_MODES = ("max", "min")
+
+
+class BestCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint keeping ``best.ckpt`` by ``metric`` (``mode`` max or min), overwriting it.
+
+    At every validation it first checks that ``metric`` is logged, and raises :class:`ConfigError` with a
+    "did you mean" and the list of logged metrics if not.
+    """
+
+    def __init__(self, dirpath: Path, metric: str, mode: str) -> None:
+        from pathseg.errors import ConfigError
+
+        if mode not in BEST_MODES:
+            raise ConfigError(f"trainer.best_mode: {mode!r} is not one of {', '.join(BEST_MODES)}")
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"trainer.best_metric: expected a logged metric name such as val/mIoU, got {metric!r}")
+        super().__init__(dirpath=dirpath, filename="best", monitor=metric, mode=mode, save_top_k=1,
+                         save_last=False, save_on_train_epoch_end=False, auto_insert_metric_name=False,
+                         enable_version_counter=False)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and self.monitor not in trainer.callback_metrics:
+            from pathseg.errors import ConfigError
+            from pathseg.registry import did_you_mean
+
+            logged = sorted(trainer.callback_metrics, key=lambda k: (not k.startswith("val/"), k))
+            hint = did_you_mean(self.monitor, logged)
+            raise ConfigError(f"trainer.best_metric: {self.monitor!r} is not a metric this run logs.{hint} "
+                              f"Logged metrics: {', '.join(logged) or '(none)'}")
+        super().on_validation_end(trainer, pl_module)
+
+
+def best_selection(cb: BestCheckpoint) -> dict[str, Any] | None:
+    """What ``best.ckpt`` holds, read from the file itself: {metric, mode, value, step, epoch, checkpoint}.
+
+    None when no validation during training saved one.
+    """
+    path = Path(cb.best_model_path) if cb.best_model_path else None
+    if path is None or not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = next((v for k, v in ckpt.get("callbacks", {}).items() if k == cb.state_key), {})
+    score = state.get("best_model_score", cb.best_model_score)
+    return {"metric": cb.monitor, "mode": cb.mode, "value": None if score is None else float(score),
+            "step": int(ckpt["global_step"]), "epoch": int(ckpt["epoch"]), "checkpoint": str(path),
+            "state_dict": ckpt["state_dict"]}
 
 
 def build_method(cfg: Config, class_names: list[str], mpp: float | None,
@@ -145,7 +204,12 @@ class TrainData(L.LightningDataModule):
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Train as configured; returns {"out", "checkpoint", "metrics" (last validation), "seconds"}."""
+    """Train as configured; returns {"out", "checkpoint", "metrics", "selection", "seconds", "rank", "world_size"}.
+
+    ``metrics``: the last validation, or with ``trainer.best_metric`` the validation of the chosen weights
+    (only ``{"step"}`` when a resumed run did not log it again); ``selection``: what model.ckpt records
+    under ``selection``, or None without ``trainer.best_metric``.
+    """
     out = prepare_run(cfg)
 
     method_cls = METHODS.get(cfg.method.name)
@@ -161,6 +225,10 @@ def train(cfg: Config) -> dict[str, Any]:
                                             monitor=None, auto_insert_metric_name=False),
         MetricsWriter(out),
     ]
+    best_cb = None
+    if cfg.trainer.best_metric is not None:
+        best_cb = BestCheckpoint(ckpt_dir, cfg.trainer.best_metric, cfg.trainer.best_mode)
+        callbacks.append(best_cb)
     if cfg.trainer.progress:
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every)))
     trainer = L.Trainer(**trainer_options(cfg, method_cls, out), check_val_every_n_epoch=1, callbacks=callbacks,
@@ -176,12 +244,23 @@ def train(cfg: Config) -> dict[str, Any]:
             trainer.validate(method, datamodule=data, verbose=False)
     seconds = time.time() - t0
     final = out / "model.ckpt"
+    selection = best_selection(best_cb) if best_cb is not None else None
+    extra: dict[str, Any] = {}
+    if selection is not None:
+        state = selection.pop("state_dict")
+        method.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        extra["selection"] = selection
+    elif best_cb is not None:
+        warnings.warn(f"trainer.best_metric: no validation during training saved {ckpt_dir / 'best.ckpt'}; "
+                      "model.ckpt holds the weights at the end of training", stacklevel=2)
     if trainer.is_global_zero:
         save_model_checkpoint(final, method.model, val_ds.class_names, mpp=mpp, stain=stain,
-                              config=cfg.to_dict())
+                              config=cfg.to_dict(), **extra)
     last = method.history[-1] if method.history else {}
-    return {"out": str(out), "checkpoint": str(final), "metrics": last, "seconds": seconds,
-            "rank": trainer.global_rank, "world_size": trainer.world_size}
+    if selection is not None:  # the validation of the weights in model.ckpt, when this run logged it
+        last = next((r for r in method.history if r["step"] == selection["step"]), {"step": selection["step"]})
+    return {"out": str(out), "checkpoint": str(final), "metrics": last, "selection": selection,
+            "seconds": seconds, "rank": trainer.global_rank, "world_size": trainer.world_size}
 
 
 def evaluate(checkpoint: str | Path, cfg: Config, split: str | None = None) -> dict[str, Any]:

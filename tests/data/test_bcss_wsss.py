@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,17 +74,51 @@ def test_bcss_bad_codes_and_site_split(tmp_path):
         ("xxx[1010].png", [1, 0, 1, 0]),
         ("TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500+0[1101].png", [1, 1, 0, 1]),
         ("a[0001]", [0, 0, 0, 1]),
+        # LUAD-HistoSeg's released form (its readme's example): digits separated by spaces
+        ("1031280-2300-27920-[1 0 0 1].png", [1, 0, 0, 1]),
+        ("385277-44539-46781-[0 1 1 0]", [0, 1, 1, 0]),
     ],
 )
 def test_wsss_filename_labels(name, expected):
     assert parse_multilabel(name, 4) == expected
 
 
-def test_wsss_filename_label_errors():
-    with pytest.raises(DataError, match="no label vector"):
-        parse_multilabel("patch.png")
-    with pytest.raises(DataError, match="expected 4"):
-        parse_multilabel("patch[101].png", 4)
+@pytest.mark.parametrize("name", ["patch.png", "p-[1 0 2 1].png", "p-[1 00 1].png", "p-[1,0,0,1].png",
+                                  "p-[1001]x.png"])
+def test_wsss_filename_label_errors(name):
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: .*no label vector.*\[1 0 0 1\].*\[1101\]"):
+        parse_multilabel(name)
+
+
+@pytest.mark.parametrize("name", ["patch[101].png", "patch-[1 0 1].png"])
+def test_wsss_filename_label_length_error(name):
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: .*3 entries, expected 4"):
+        parse_multilabel(name, 4)
+
+
+# one training patch of each release, named as released (LUAD-HistoSeg readme, BCSS-WSSS readme)
+RELEASED = {
+    "luad_histoseg": {"1031280-2300-27920-[1 0 0 1].png": [1, 0, 0, 1],
+                      "385277-44539-46781-[0 1 1 0].png": [0, 1, 1, 0]},
+    "bcss_wsss": {"TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500+0[1101].png": [1, 1, 0, 1],
+                  "TCGA-OL-A5RW-DX1_xmin1_ymin2_MPP-0.2500+12[0010].png": [0, 0, 1, 0]},
+}
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_wsss_reads_released_training_names(tmp_path, name):
+    for fname in RELEASED[name]:
+        _png(tmp_path / "train" / fname, np.zeros((4, 4, 3), np.uint8))
+    ds = DATASETS.get(name)(tmp_path, split="train")
+    got = {f"{ds.ids[i]}.png": ds[i]["labels"].tolist() for i in range(len(ds))}
+    assert got == RELEASED[name]
+
+
+def test_wsss_unreadable_training_name_names_the_file(tmp_path):
+    _png(tmp_path / "train" / "1031280-2300-27920-[1 0 0 1].png", np.zeros((4, 4, 3), np.uint8))
+    _png(tmp_path / "train" / "1031280-2300-27920.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"train/1031280-2300-27920\.png: .*no label vector"):
+        DATASETS.get("luad_histoseg")(tmp_path, split="train")
 
 
 def _wsss_root(root: Path, train_dir: str = "training") -> Path:

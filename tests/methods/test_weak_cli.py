@@ -4,6 +4,7 @@ evaluate, each step a `pathseg` command as a user would run it."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -24,10 +25,16 @@ def test_phase1_pseudo_masks_phase2_gate_evaluate(tmp_path):
     p1 = tmp_path / "phase1"
     res = runner.invoke(app, ["train", *COMMON, "model.name=cam", "method.name=mlps_classifier",
                               "method.params={attention: pda, warmup_epochs: 0, epoch_steps: 1}",
-                              "data.options.train_masks=false", f"trainer.out={p1}"])
+                              "data.options.train_masks=false", f"trainer.out={p1}",
+                              "trainer.best_metric=val/cls_accuracy"])  # a metric of this method's own
     assert res.exit_code == 0, res.output
     row = json.loads((p1 / "metrics.json").read_text())[-1]
     assert 0 <= row["mIoU"] <= 1 and 0 <= row["cls_accuracy"] <= 1
+    from pathseg.engine.checkpoint import load_model
+
+    sel = load_model(p1 / "model.ckpt")[1]["selection"]
+    assert (sel["metric"], sel["step"]) == ("val/cls_accuracy", 2)
+    assert sel["value"] == pytest.approx(row["cls_accuracy"])
 
     pm = tmp_path / "pseudo"
     res = runner.invoke(app, ["pseudo-masks", "--checkpoint", str(p1 / "model.ckpt"), "--out", str(pm), *COMMON])
