@@ -3,19 +3,18 @@
 Two overlapping crops of one unlabelled image are encoded and projected per pixel (φ_1, φ_2). At each
 position of the overlap the less confident feature (the *anchor*) is pulled towards the more confident
 one at the same image location (the *positive*, stop-gradient), and pushed away from negatives whose
-pseudo-label differs from the positive's:
+pseudo-label differs from the anchor's:
 
     r(s, t)  = exp(cos(s, t) / τ)                                                         (eq. 3)
-    ℓ_p      = -log[ r(a_p, t_p) / (r(a_p, t_p) + Σ_n M_n(p, n) · r(a_p, φ_n)) ]           (eqs. 4, 7)
-    M_d(p)   = 1{conf(a_p) < conf(t_p)} · 1{conf(t_p) > λ}                                 (eqs. 5, 6)
-    M_n(p,n) = 1{ŷ(t_p) ≠ ŷ(φ_n)}                                                          (eq. 7)
-    l_dc(a, t) = (1/N) Σ_p M_d(p) · ℓ_p                 N = number of overlap positions
+    ℓ_p      = -log[ r(a_p, t_p) / (r(a_p, t_p) + Σ_n M_n(p, n) · r(a_p, φ_n)) ]           (eq. 4)
+    M_n(p,n) = 1{ŷ(a_p) ≠ ŷ(φ_n)}                                                          (eq. 5)
+    M_d(p)   = 1{conf(a_p) < conf(t_p)} · 1{conf(t_p) > λ}                                 (eqs. 6-7)
+    l_dc(a, t) = Σ_p M_d(p) · ℓ_p / Σ_p M_d(p)          mean over the active anchors
     L_cont   = l_dc(φ_1, φ_2) + l_dc(φ_2, φ_1)                                             (eq. 8)
 
 where conf = max_k softmax(C_f(f))_k and ŷ = argmax_k C_f(f) of the pixel classifier. Negatives are
-detached: only the anchor receives gradient. Choices (documented, the papers leave them open): the
-negative filter uses the *positive's* pseudo-label (the more confident of the pair); N counts every
-overlap position, masked or not (so the loss is small while few pixels are confident).
+detached: only the anchor receives gradient. Normalisation: l_dc divides by the number of active anchors
+(positions where M_d is on), as both reference implementations do; with no active anchor it is 0.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def directional_contrastive_loss(
     target: torch.Tensor,
     anchor_conf: torch.Tensor,
     target_conf: torch.Tensor,
-    target_label: torch.Tensor,
+    anchor_label: torch.Tensor,
     negatives: torch.Tensor,
     negative_label: torch.Tensor,
     *,
@@ -43,12 +42,13 @@ def directional_contrastive_loss(
 
     Shape:
         anchor, target: (N, C) features at the same N overlap positions (target is detached here).
-        anchor_conf, target_conf: (N,) classifier confidence; target_label: (N,) int64 pseudo-labels.
+        anchor_conf, target_conf: (N,) classifier confidence; anchor_label: (N,) int64 pseudo-labels of
+        the anchor crop, which pick the negatives (eq. 5).
         negatives: (M, C), negative_label: (M,) int64 (M may be 0).
-        Returns a scalar.
+        Returns a scalar: the mean of ℓ_p over the active anchors (M_d on), 0 when there are none.
 
-    ``max_anchors`` caps the number of masked anchors evaluated (a uniform random subset, rescaled so the
-    expectation equals the full sum); ``None`` evaluates all of them.
+    ``max_anchors`` caps the number of active anchors evaluated (a uniform random subset, whose mean is an
+    unbiased estimate of the mean over all of them); ``None`` evaluates all of them.
 
     Example:
         >>> a, t = torch.randn(5, 8), torch.randn(5, 8)
@@ -58,15 +58,12 @@ def directional_contrastive_loss(
         >>> loss.shape
         torch.Size([])
     """
-    n = anchor.shape[0]
-    if n == 0:
+    if anchor.shape[0] == 0:
         return anchor.sum() * 0.0
-    mask = (anchor_conf < target_conf) & (target_conf > threshold)  # M_d, eqs. 5-6
+    mask = (anchor_conf < target_conf) & (target_conf > threshold)  # M_d, eqs. 6-7
     idx = mask.nonzero(as_tuple=True)[0]
-    scale = 1.0
     if max_anchors is not None and idx.numel() > max_anchors:
         keep = torch.randperm(idx.numel(), generator=generator, device="cpu")[:max_anchors].to(idx.device)
-        scale = idx.numel() / max_anchors
         idx = idx[keep]
     if idx.numel() == 0:
         return anchor.sum() * 0.0
@@ -75,13 +72,13 @@ def directional_contrastive_loss(
     pos = (a * t).sum(1, keepdim=True) / temperature  # log r(a, t), eq. 3
     if negatives.shape[0] > 0:
         neg = a @ F.normalize(negatives.detach(), dim=1).t() / temperature  # log r(a, φ_n)
-        keep_neg = target_label[idx, None] != negative_label[None, :]  # M_n, eq. 7
+        keep_neg = anchor_label[idx, None] != negative_label[None, :]  # M_n, eq. 5: the anchor's pseudo-label
         neg = neg.masked_fill(~keep_neg, float("-inf"))
         logits = torch.cat([pos, neg], dim=1)
     else:
         logits = pos
-    per_anchor = torch.logsumexp(logits, dim=1) - pos[:, 0]  # -log(r_pos / (r_pos + Σ M_n r_neg)), eq. 4
-    return per_anchor.sum() * scale / n
+    per_anchor = torch.logsumexp(logits, dim=1) - pos[:, 0]  # ℓ_p = -log(r_pos / (r_pos + Σ M_n r_neg)), eq. 4
+    return per_anchor.mean()  # Σ_p M_d ℓ_p / Σ_p M_d
 
 
 class MemoryBank(nn.Module):

@@ -8,6 +8,25 @@ Every model is a :class:`SegModel` that exposes the three stages the methods nee
 
 ``model(x)`` runs all three and upsamples the logits to the input size (bilinear).
 
+Semantic feature tap: ``z, s = model.decode_with_semantic(features)`` runs the decoder once and also
+returns ``s``, a decoder map at stride 4-8 with >= 64 channels, the level at which feature-space methods
+(contrastive and perturbation consistency, :mod:`pathseg.methods.semi`) work. It is chosen once per
+model, by probing the decoder, as the decoder output when that is at stride >= 4, otherwise the finest
+decoder block at stride 4-8 (the last one run, among blocks of >= 64 channels where there are any):
+
+=============== ============================ ===================================================
+family          semantic feature s           with the default smp decoder settings
+=============== ============================ ===================================================
+deeplabv3       the decoder output (= z)     256 channels, stride 8
+deeplabv3plus   the decoder output (= z)     256 channels, stride 4
+unet            ``decoder.blocks.2``         64 channels, stride 4 (z: 16 channels, stride 1)
+unetplusplus    ``decoder.blocks.x_0_2``     64 channels, stride 4 (z: 16 channels, stride 1)
+=============== ============================ ===================================================
+
+``model.semantic_tap`` names the decoder submodule ("" for the decoder output), ``semantic_channels`` and
+``semantic_stride`` describe s, ``feature_stride`` the stride of z. Whole networks in ``NETWORKS`` (HookNet)
+have no such tap.
+
 Networks that are not a :class:`SegModel` (HookNet takes two inputs) register a whole-model builder in
 ``NETWORKS`` instead: ``builder(encoder=, num_classes=, weights=, **options) -> nn.Module`` with ``name``,
 ``encoder_name`` and ``num_classes`` attributes; ``create_model`` and checkpoints find them by name too.
@@ -63,13 +82,26 @@ class SegModel(nn.Module):
         self.encoder = net.encoder
         self.decoder = net.decoder
         self.name, self.encoder_name, self.num_classes = name, encoder, num_classes
+        blocks: list[tuple[str, int, int]] = []  # (submodule name, channels, stride) in the order they run
+
+        def record(name: str):
+            return lambda _m, _i, out: blocks.append((name, int(out.shape[1]), 64 // int(out.shape[-1])))
+
+        hooks = [mod.register_forward_hook(record(n)) for n, mod in _decoder_blocks(self.decoder)]
         with torch.no_grad():
             probe = torch.zeros(1, 3, 64, 64)
             was = self.encoder.training, self.decoder.training
             self.encoder.eval(), self.decoder.eval()
-            z = self.decoder(self.encoder(probe))
+            try:
+                z = self.decoder(self.encoder(probe))
+            finally:
+                for h in hooks:
+                    h.remove()
             self.encoder.train(was[0]), self.decoder.train(was[1])
         self.feature_channels = int(z.shape[1])
+        self.feature_stride = max(1, 64 // int(z.shape[-1]))
+        self.semantic_tap, self.semantic_channels, self.semantic_stride = _pick_semantic(
+            blocks, (int(z.shape[1]), self.feature_stride))
         self.encoder_channels = list(self.encoder.out_channels)
         self.classifier = nn.Conv2d(self.feature_channels, num_classes, kernel_size=1)
 
@@ -79,6 +111,23 @@ class SegModel(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(features)
 
+    def decode_with_semantic(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder map z and the semantic feature s (see the module docstring), from one decoder pass.
+
+        Shape: encoder pyramid -> z (B, feature_channels, H/feature_stride, W/feature_stride) and
+        s (B, semantic_channels, H/semantic_stride, W/semantic_stride); s is z when ``semantic_tap`` is "".
+        """
+        if not self.semantic_tap:
+            z = self.decoder(features)
+            return z, z
+        seen: list[torch.Tensor] = []
+        hook = self.decoder.get_submodule(self.semantic_tap).register_forward_hook(lambda _m, _i, o: seen.append(o))
+        try:
+            z = self.decoder(features)
+        finally:
+            hook.remove()
+        return z, seen[-1]
+
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         return self.classifier(z)
 
@@ -87,6 +136,27 @@ class SegModel(nn.Module):
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
+
+
+def _decoder_blocks(decoder: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The named stages of a decoder that has a ``blocks`` container (U-Net, U-Net++); none otherwise."""
+    blocks = getattr(decoder, "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.ModuleDict)):
+        return []
+    return [(f"blocks.{n}", m) for n, m in blocks.named_children()]
+
+
+def _pick_semantic(blocks: list[tuple[str, int, int]], output: tuple[int, int]) -> tuple[str, int, int]:
+    """(tap name, channels, stride) of the semantic feature: the decoder output when at stride >= 4, else
+    the finest block at stride 4-8, the last run among those with >= 64 channels where there are any."""
+    if output[1] >= 4 or not blocks:
+        return "", output[0], output[1]
+    mid = [b for b in blocks if 4 <= b[2] <= 8]
+    if not mid:
+        return "", output[0], output[1]
+    wide = [b for b in mid if b[1] >= 64] or mid
+    finest = min(b[2] for b in wide)
+    return [b for b in wide if b[2] == finest][-1]
 
 
 def create_model(

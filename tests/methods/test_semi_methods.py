@@ -17,9 +17,9 @@ SEMI = ["cct", "cac", "crcfp"]
 TERMS = {"cct": {"cross"}, "cac": {"cont"}, "crcfp": {"cont", "cross", "ent"}}
 
 
-def _method(name: str, **params) -> SemiMethod:
+def _method(name: str, arch: str = "deeplabv3plus", **params) -> SemiMethod:
     torch.manual_seed(0)
-    model = create_model("deeplabv3plus", encoder="resnet18", num_classes=2)
+    model = create_model(arch, encoder="resnet18", num_classes=2)
     return METHODS.get(name)(model, class_names=["background", "nucleus"], max_steps=10, **params)
 
 
@@ -71,7 +71,7 @@ def test_losses_and_gradients(name):
     out["loss"].backward()
     assert m.model.encoder.conv1.weight.grad.abs().sum() > 0
     if "cross" in TERMS[name]:
-        assert all(h.weight.grad is not None for h in m.cross.aux.heads.values())
+        assert all(h.weight.grad is not None for hs in m.cross.aux.heads.values() for h in hs)
     if "cont" in TERMS[name]:
         assert len(m.cont.bank) > 0  # negatives pushed into the bank
 
@@ -82,6 +82,8 @@ def test_crcfp_defaults_are_the_papers_weights():
     c = m.cont
     assert (c.temperature, c.confidence, c.overlap) == (0.1, 0.75, (0.1, 1.0))
     assert len(m.cross.aux.heads) == 3 and m.cross.aux.draws == 4
+    assert sum(len(hs) for hs in m.cross.aux.heads.values()) == 12  # K = 4 heads per type
+    assert m.cont.augment.flip == 0.5 and not m.joint_forward
 
 
 def test_warmup_uses_only_the_supervised_loss():
@@ -126,3 +128,70 @@ def test_unknown_parameter_names_the_valid_ones():
         _method("crcfp", weight_contt=0.1)
     with pytest.raises(ConfigError, match="warmup_steps"):
         _method("cct", warmup_steps=-1)
+
+
+def _spy_encode(m: SemiMethod) -> list[int]:
+    sizes: list[int] = []
+    orig = m.model.encode
+
+    def spy(x):
+        sizes.append(int(x.shape[0]))
+        return orig(x)
+
+    m.model.encode = spy  # type: ignore[method-assign]
+    return sizes
+
+
+def test_each_view_has_its_own_batch_norm_pass():
+    """Issue 15 item 1: one forward pass per view, so batch-norm statistics are those of that view alone."""
+    m = _method("crcfp", arch="unet")  # U-Net: no dropout, so the labelled pass is deterministic
+    m.train()
+    sizes = _spy_encode(m)
+    batch = _batch()
+    out = m.training_losses(batch)
+    assert sizes == [2, 2, 2, 2]  # labelled, unlabelled, crop 1, crop 2: B = 2 images each
+    # reference: the labelled batch alone through the model in training mode (batch statistics of 2 images)
+    ref = torch.nn.functional.cross_entropy(m.model(batch["labeled"]["image"]), batch["labeled"]["mask"])
+    assert out["loss/sup"].item() == pytest.approx(ref.item(), rel=1e-5)
+    joint = _method("crcfp", arch="unet", joint_forward=True)  # the opt-in: one pass over all views of a size
+    sizes = _spy_encode(joint)
+    joint.training_losses(batch)
+    assert sizes == [8]
+
+
+@pytest.mark.parametrize(
+    "arch,channels,stride,tap",
+    [("unet", 64, 4, "blocks.2"), ("unetplusplus", 64, 4, "blocks.x_0_2"), ("deeplabv3", 256, 8, ""),
+     ("deeplabv3plus", 256, 4, "")],
+)
+def test_semantic_feature_tap_per_model_family(arch, channels, stride, tap):
+    """Issue 15 item 8: each family exposes a >= 64-channel feature at stride 4-8, read by a hook here."""
+    torch.manual_seed(0)
+    model = create_model(arch, encoder="resnet18", num_classes=2).eval()
+    assert (model.semantic_tap, model.semantic_channels, model.semantic_stride) == (tap, channels, stride)
+    x = torch.rand(2, 3, 64, 64)
+    seen = []
+    target = model.decoder.get_submodule(tap) if tap else model.decoder
+    hook = target.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    with torch.no_grad():
+        features = model.encode(x)
+        z_ref = model.decode(features)
+        z, s = model.decode_with_semantic(features)
+    hook.remove()
+    assert torch.equal(z, z_ref)
+    assert torch.equal(s, seen[-1]) and s.shape == (2, channels, 64 // stride, 64 // stride)
+
+
+def test_unet_terms_act_on_the_semantic_feature_not_the_last_16_channel_map():
+    """Issue 15 item 8: for U-Net, L_cont's projector and L_cross's perturbations read the 64-channel
+    stride-4 decoder stage, pooled 2x to the stride-8 grid (not the 16-channel stride-1 map pooled 8x)."""
+    m = _method("crcfp", arch="unet")
+    assert m.cont.projector.net[0].in_channels == 64
+    assert all(h.in_channels == 64 for hs in m.cross.aux.heads.values() for h in hs)
+    assert (m.grid_stride, m.grid_pool, m.logit_pool) == (8, 2, 8)
+    seen = {}
+    orig = m.cross.forward
+    m.cross.forward = lambda s, logits: seen.setdefault("cross", (s.shape, logits.shape)) and orig(s, logits)
+    out = m.training_losses(_batch())
+    assert seen["cross"] == (torch.Size([2, 64, 8, 8]), torch.Size([2, 2, 8, 8]))
+    assert torch.isfinite(out["loss"])

@@ -2,13 +2,13 @@
 
     L = L_sup + weight_cross · L_cross
 
-L_cross: the decoder feature map z of the unlabelled image (the map the 1x1 pixel classifier reads) is
-perturbed K = ``draws`` times by each perturbation type (feature noise, feature dropout, spatial
-dropout; :mod:`pathseg.models.perturb`); one auxiliary 1x1 classifier per type reads the perturbed
-copies, and each auxiliary prediction is pulled towards the main prediction (detached) by the MSE of
-class probabilities (:func:`pathseg.losses.consistency.softmax_mse`), averaged over all auxiliary
-outputs. z is read on the unsupervised feature grid (``grid_stride``, see :mod:`.base`), and main and
-auxiliary predictions are compared there (upsampling both first would change little but the cost).
+L_cross (CRCFP eq. 9): the semantic feature s of the unlabelled image (``SegModel.decode_with_semantic``,
+on the unsupervised grid ``grid_stride``, see :mod:`.base`) is perturbed by each perturbation type
+(feature noise, feature dropout, spatial dropout; :mod:`pathseg.models.perturb`); each type has K =
+``draws`` independent auxiliary 1x1 classifiers (12 with the defaults), head k reading its own perturbed
+copy, and each auxiliary prediction is pulled towards the main prediction (detached, pooled to the same grid) by
+the MSE of class probabilities (:func:`pathseg.losses.consistency.softmax_mse`), averaged over the
+perturbation types and their K heads.
 
 Weight: CCT's paper uses 30 with a sigmoid ramp-up on the same mean-reduced MSE; pathseg's CCT default is
 a constant 1.0 after ``warmup_steps``, CRCFP uses the 0.01 of Bashir et al.
@@ -28,9 +28,9 @@ from pathseg.models.perturb import AuxiliaryHeads
 
 
 class CrossConsistency(nn.Module):
-    """The L_cross term: perturb z, classify with the auxiliary heads, MSE to the main probabilities.
+    """The L_cross term: perturb s, classify with the auxiliary heads, MSE to the main probabilities.
 
-    Shape: ``forward(z (B, D, h, w), main_logits (B, K, h, w))`` -> scalar.
+    Shape: ``forward(s (B, D, h, w), main_logits (B, K, h, w))`` -> scalar; both on the same grid.
     """
 
     def __init__(self, in_channels: int, num_classes: int, *, draws: int = 4, noise_radius: float = 0.3,
@@ -42,8 +42,8 @@ class CrossConsistency(nn.Module):
                      "spatial_drop": {"p": spatial_drop}},
         )
 
-    def forward(self, z: torch.Tensor, main_logits: torch.Tensor) -> torch.Tensor:
-        outs = self.aux(z)
+    def forward(self, s: torch.Tensor, main_logits: torch.Tensor) -> torch.Tensor:
+        outs = self.aux(s)  # {type: (K·B, classes, h, w)}; the mean over a type's rows is the mean over its K heads
         return torch.stack([softmax_mse(o, main_logits) for o in outs.values()]).mean()
 
 
@@ -51,9 +51,10 @@ class CrossConsistency(nn.Module):
 class CCT(SemiMethod):
     """Cross-consistency training: L = L_sup + weight_cross · L_cross.
 
-    Parameters (``method.params``): ``weight_cross`` (1.0), ``draws`` K per perturbation type (4),
-    ``noise_radius`` (0.3), ``drop_gamma`` feature-dropout threshold range ([0.75, 0.9]), ``spatial_drop``
-    δ (0.5), and the shared ``grid_stride`` (8) and ``warmup_steps`` (0) of :class:`SemiMethod`.
+    Parameters (``method.params``): ``weight_cross`` (1.0), ``draws`` K auxiliary heads per perturbation
+    type (4), ``noise_radius`` (0.3), ``drop_gamma`` range of γ, the feature-dropout threshold as a
+    fraction of the maximum ([0.75, 0.9]), ``spatial_drop`` δ (0.5), and the shared ``grid_stride``,
+    ``warmup_steps``, ``joint_forward`` and ``view_transforms`` of :class:`SemiMethod`.
     """
 
     def __init__(
@@ -70,6 +71,6 @@ class CCT(SemiMethod):
         super().__init__(model, **kwargs)
         self.weight_cross = float(weight_cross)
         if self.weight_cross > 0:
-            self.cross = CrossConsistency(model.feature_channels, model.num_classes, draws=draws,
+            self.cross = CrossConsistency(self.semantic_channels, model.num_classes, draws=draws,
                                           noise_radius=noise_radius, drop_gamma=tuple(drop_gamma),
                                           spatial_drop=spatial_drop)

@@ -4,11 +4,14 @@ Geometry, per image of size (H, W): both crops have the same side (``crop_fracti
 resized to the same output size, so one feature cell covers the same image area in both. The offset
 between the crops is a whole number of cells, so the overlap is an exact block of cells in each crop:
 cell (i, j) of ``rows1/cols1`` in crop 1 and cell (i, j) of ``rows2/cols2`` in crop 2 see the same
-image location. The overlap ratio (overlap area / crop area) is drawn from U(lo, hi) (CAC: [0.1, 1.0]),
-split between the two axes at random, and rounded to whole cells; it is clamped to what fits in the
-image (a crop side of 0.6 leaves room for ratios down to about 0.11).
+image location. The intersection over union of the two crops, IoU = I / (2A - I) for crops of area A
+overlapping on I, is drawn from U(lo, hi) (CAC and CRCFP bound the IoU: [0.1, 1.0]); the matching area
+ratio I / A = 2 IoU / (1 + IoU) is split between the two axes at random and rounded to whole cells, and
+clamped to what fits in the image (a crop side of 0.6 leaves room for IoUs down to about 0.06).
 
 Crops are resampled bilinearly with ``grid_sample`` (crop + resize in one step, sub-pixel offsets).
+A crop that was flipped after cropping (independent per-crop augmentation) is flipped back on its
+feature map with :func:`unflip` before :func:`gather_overlap` reads the overlap.
 
 Example:
     >>> pairs = sample_crop_pairs(2, (128, 128), (8, 8), crop_fraction=0.6)
@@ -74,7 +77,7 @@ def sample_crop_pairs(
         image_hw: (H, W) of the source images.
         grid_hw: (h, w) feature cells of a crop after resizing (output size / feature stride).
         crop_fraction: crop side as a fraction of the image side, in (0, 1].
-        overlap: range of the overlap ratio (area of the overlap / area of a crop).
+        overlap: range of the IoU of the two crops (overlap area / union area).
         rng: a ``random.Random`` (default: seeded from torch's global generator, so Lightning seeds it).
     """
     if not 0 < crop_fraction <= 1:
@@ -86,7 +89,8 @@ def sample_crop_pairs(
     ch, cw = crop_fraction * H, crop_fraction * W
     pairs = []
     for _ in range(batch):
-        r = rng.uniform(*overlap)
+        iou = rng.uniform(*overlap)
+        r = 2 * iou / (1 + iou)  # overlap area / crop area of two equal crops with this IoU
         fy = rng.uniform(r, 1.0)  # split the area ratio between the axes: fy * fx = r
         fx = r / fy
         y1, y2, r1, r2 = _axis(gh, ch, H, fy, rng)
@@ -102,6 +106,12 @@ def overlap_ratio(pair: CropPair) -> float:
     gh = max(pair.rows1.stop, pair.rows2.stop)
     gw = max(pair.cols1.stop, pair.cols2.stop)
     return h * w / (gh * gw)
+
+
+def crop_iou(pair: CropPair) -> float:
+    """Intersection over union of the two crops of a pair, counted in feature cells."""
+    r = overlap_ratio(pair)
+    return r / (2 - r)
 
 
 def crop_resize(images: torch.Tensor, boxes: list[Box], out_hw: tuple[int, int]) -> torch.Tensor:
@@ -126,6 +136,17 @@ def crop_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two crops of every image, resized to ``out_hw``. Shape: (B, C, H, W) -> 2 × (B, C, *out_hw)."""
     return crop_resize(images, [p.box1 for p in pairs], out_hw), crop_resize(images, [p.box2 for p in pairs], out_hw)
+
+
+def unflip(maps: torch.Tensor, flipped: list[bool] | torch.Tensor) -> torch.Tensor:
+    """Undo a horizontal flip of the input on the maps of the flipped images, so that they are in crop
+    coordinates again. Shape: maps (B, C, h, w), ``flipped`` B flags -> (B, C, h, w).
+    """
+    flags = torch.as_tensor(list(flipped) if not torch.is_tensor(flipped) else flipped, dtype=torch.bool)
+    if not bool(flags.any()):
+        return maps
+    flags = flags.to(maps.device).view(-1, *([1] * (maps.dim() - 1)))
+    return torch.where(flags, maps.flip(-1), maps)
 
 
 def gather_overlap(f1: torch.Tensor, f2: torch.Tensor, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
