@@ -3,9 +3,12 @@
 1. Pretrain a ResNet-18 encoder without labels on real tissue -- the slides in ../shared/data/slides,
    the MoNuSeg training images and the GlaS images not held out (their labels are never read) -- with
    SimSiam (target patches only) and DSF-WSI (context + target branches, CTFM, dense stages), through
-   the same code as `pathseg pretrain` (configs/ssl/bench_cpu.yaml). "random" is no pretraining.
+   the same code as `pathseg pretrain` (configs/ssl/bench_cpu.yaml). "random" is no pretraining. For
+   HookNet (`--model hooknet`) the SimSiam baseline is two backbones pretrained separately, as in the
+   paper: one on the target patches, one on the context patches (`simsiam_context`).
 2. Fine-tune the same segmentation model (U-Net, ResNet-18) from each encoder on MoNuSeg (nuclei) and
-   GlaS (glands) with 1%, 10%, 50% of the training images labelled (pathseg.data.splits.make_split, by
+   GlaS (glands), both read at the pretraining's target MPP (bench_cpu.yaml: 0.5 µm/px, so MoNuSeg x0.5
+   and GlaS x1.24), with 1%, 10%, 50% of the training images labelled (pathseg.data.splits.make_split, by
    image, seeded), and score pixel F1 (foreground Dice) and accuracy on held-out images: the official
    MoNuSeg test images; for GlaS (only its training set is staged here) a fixed seeded hold-out of
    the training images, which pretraining never sees.
@@ -40,80 +43,127 @@ FRACTIONS = (0.01, 0.1, 0.5)
 GLAS_HOLDOUT = 12
 MODEL_TEXT = {"unet": "U-Net/ResNet-18",
               "hooknet": "HookNet/ResNet-18 (target encoder from the export; context encoder from DSF-WSI's context "
-                         "branch, or SimSiam's one encoder; 2:1 context, target loss only)"}
-HOOK_RATIO = 2  # context : target MPP, as in the pretraining pairs (configs/ssl/bench_cpu.yaml)
+                         "branch, or from the SimSiam baseline's second backbone, pretrained on the context patches; "
+                         "2:1 context, target loss only, hook concatenated straight into the decoder)"}
+BENCH_CONFIG = ROOT / "configs/ssl/bench_cpu.yaml"
 
 
-def load_images(dataset: str, cache: Path) -> dict[str, dict[str, list]]:
-    """{"train": {"ids", "images", "masks"}, "test": {...}} at the working scale (0.5 µm/px MoNuSeg, 0.5x GlaS)."""
-    import cv2
+def bench_pair() -> dict:
+    """The pretraining pair geometry of the benchmark (configs/ssl/bench_cpu.yaml's data.options.pair)."""
+    from pathseg.engine.config import load_config
 
+    return dict(load_config(BENCH_CONFIG, []).data.options["pair"])
+
+
+def finetune_scales(target_mpp: float) -> dict[str, float]:
+    """Resize factor of each dataset's images so fine-tuning reads them at ``target_mpp``, as pretraining did."""
+    from pathseg.data.glas import GLAS_NOMINAL_MPP
+    from pathseg.data.monuseg import MONUSEG_NOMINAL_MPP
+    from pathseg.methods.ssl.data import finetune_scale
+
+    return {"monuseg": finetune_scale(MONUSEG_NOMINAL_MPP, target_mpp),
+            "glas": finetune_scale(GLAS_NOMINAL_MPP, target_mpp)}
+
+
+PAIR = bench_pair()
+FT_MPP = float(PAIR["target_mpp"])  # fine-tuning resolution = the pretraining target resolution
+HOOK_RATIO = int(round(PAIR["context_mpp"] / PAIR["target_mpp"]))  # context : target MPP of the pretraining pairs
+
+
+def load_images(dataset: str, cache: Path, mpp: float = FT_MPP) -> dict[str, dict[str, list]]:
+    """{"train": {"ids", "images", "masks", "mpp"}, "test": {...}} read at ``mpp`` µm/px (the pretraining's
+    target MPP by default): MoNuSeg (0.25 µm/px) x0.5, GlaS (0.62 µm/px) x1.24 at 0.5 µm/px."""
     from pathseg.data.glas import GlaS
-    from pathseg.data.monuseg import MoNuSeg
+    from pathseg.data.monuseg import MoNuSeg, resize_sample_arrays
     from pathseg.data.splits import make_split
 
-    path = cache / f"{dataset}.npz"
+    scale = finetune_scales(mpp)[dataset]
+    path = cache / f"{dataset}_{mpp:g}um.npz"
     if path.exists():
         z = np.load(path, allow_pickle=True)
         return z["data"].item()
     out: dict[str, dict[str, list]] = {}
     if dataset == "monuseg":
         for split in ("train", "test"):
-            ds = MoNuSeg(split=split, scale=0.5)
+            ds = MoNuSeg(split=split, scale=scale)
             s = [ds[i] for i in range(len(ds))]
-            out[split] = {"ids": list(ds.ids), "images": [x["image"] for x in s], "masks": [x["mask"] for x in s]}
+            out[split] = {"ids": list(ds.ids), "images": [x["image"] for x in s], "masks": [x["mask"] for x in s],
+                          "mpp": float(np.mean([x["meta"]["mpp"] for x in s]))}
     else:
         ds = GlaS(split="train")
         hold = make_split(ds.ids, GLAS_HOLDOUT / len(ds.ids), seed=1234)["labeled"]
         for split, ids in (("train", [i for i in ds.ids if i not in hold]), ("test", hold)):
             s = [ds[ds.ids.index(i)] for i in ids]
-            imgs = [cv2.resize(x["image"], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for x in s]
-            masks = [cv2.resize(x["mask"].astype(np.uint8), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_NEAREST)
-                     .astype(np.int64) for x in s]
-            out[split] = {"ids": ids, "images": imgs, "masks": masks}
+            resized = [resize_sample_arrays(x["image"], x["mask"], None, scale)[:2] for x in s]
+            out[split] = {"ids": ids, "images": [r[0] for r in resized], "masks": [r[1] for r in resized],
+                          "mpp": float(np.mean([x["meta"]["mpp"] for x in s])) / scale}
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, data=np.array(out, dtype=object))
     return out
 
 
-def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str, str]:
-    from pathseg.engine.config import load_config
-    from pathseg.methods.ssl.pretrain import pretrain
+#: pretraining runs: name -> (method.name, method.params overrides, branch whose file the run exports)
+PRETRAININGS = {"simsiam": ("simsiam", [], "target"), "dsf": ("dsf", [], "target"),
+                "simsiam_context": ("simsiam", ["method.params.branch=context"], "context")}
 
+
+def encoder_paths(work: Path, args) -> dict[str, dict[str, str]]:
+    """{method: {"target": file, ["context": file]}}: the encoders each table row fine-tunes from.
+
+    DSF-WSI: both files of its one run. SimSiam: the target backbone's run, and for HookNet the separately
+    pretrained context backbone (``simsiam_context``); never the target weights in the context branch.
+    """
+    from pathseg.methods.ssl.export import encoder_file
+
+    out = {"simsiam": {"target": str(work / "pretrain_simsiam" / encoder_file("target"))},
+           "dsf": {"target": str(work / "pretrain_dsf" / encoder_file("target"))}}
+    if args.model == "hooknet":
+        out["simsiam"]["context"] = str(work / "pretrain_simsiam_context" / encoder_file("context"))
+        out["dsf"]["context"] = str(work / "pretrain_dsf" / encoder_file("context"))
+    return out
+
+
+def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str, dict[str, str]]:
     from pathseg.data.base import shared_data_root
+    from pathseg.data.glas import GLAS_NOMINAL_MPP
+    from pathseg.data.monuseg import MONUSEG_NOMINAL_MPP
+    from pathseg.engine.config import load_config
+    from pathseg.methods.ssl.export import encoder_file
+    from pathseg.methods.ssl.pretrain import pretrain
 
     data = shared_data_root()
     # the two slides without MPP metadata are taken as 20x (0.5 µm/px), an assumption
     sources = [str(data / "slides/CMU-1-Small-Region.svs"),
                {"path": str(data / "slides/TCGA-CR-7395-01A-01-TS1.svs"), "mpp": 0.5},
                {"path": str(data / "slides/kidney-48-5.tif"), "mpp": 0.5},
-               {"path": str(data / "monuseg2018/train/images"), "mpp": 0.25}]
-    sources += [{"path": f, "mpp": 0.62} for f in glas_train_files]
-    weights = {}
-    for method in ("simsiam", "dsf"):
-        out = work / f"pretrain_{method}"
-        if args.pretrain_only and method != args.pretrain_only:
+               {"path": str(data / "monuseg2018/train/images"), "mpp": MONUSEG_NOMINAL_MPP}]
+    sources += [{"path": f, "mpp": GLAS_NOMINAL_MPP} for f in glas_train_files]
+    runs = ["simsiam", "dsf"] + (["simsiam_context"] if args.model == "hooknet" else [])
+    for run in runs:
+        method, extra, branch = PRETRAININGS[run]
+        out = work / f"pretrain_{run}"
+        if args.pretrain_only and run != args.pretrain_only:
             continue
-        if not (out / "encoder.safetensors").exists():
-            cfg = load_config(ROOT / "configs/ssl/bench_cpu.yaml", [
-                f"method.name={method}", f"trainer.max_steps={args.pretrain_steps}", f"trainer.out={out}",
+        if not (out / encoder_file(branch)).exists():
+            cfg = load_config(BENCH_CONFIG, [
+                f"method.name={method}", *extra, f"trainer.max_steps={args.pretrain_steps}", f"trainer.out={out}",
                 f"data.batch_size={args.pretrain_batch}"])
             cfg.data.options["sources"] = sources
             t0 = time.time()
             pretrain(cfg)
-            print(f"pretrained {method}: {time.time() - t0:.0f} s", flush=True)
-        weights[method] = str(out / "encoder.safetensors")
-    return weights
+            print(f"pretrained {run}: {time.time() - t0:.0f} s", flush=True)
+    return encoder_paths(work, args)
 
 
-def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, args) -> tuple[dict, float]:
+def fine_tune(weights: dict[str, str] | None, data: dict, labeled: list[str], seed: int, args) -> tuple[dict, float]:
     """Fine-tune ``args.model`` from ``weights`` (None: random init) on the labelled images; score held-out ones.
 
-    unet: U-Net over the pretrained (target) encoder, on random ``crop`` px crops. hooknet: HookNet with the
-    target encoder from ``weights`` and the context encoder from the DSF-WSI export's context branch
-    (SimSiam, which has one encoder, initialises both), on concentric target/context pairs at the
-    pretraining's 2:1 ratio (``pathseg.data.context.cut_pair``); scored through ``HookNet.segment`` with
-    ``crop`` px tiles, the training geometry, on the whole held-out image (cropped afterwards).
+    unet: U-Net over the pretrained target encoder ``weights["target"]``, on random ``crop`` px crops.
+    hooknet: HookNet with the target encoder from ``weights["target"]`` and the context encoder from
+    ``weights["context"]`` (DSF-WSI's context branch, or SimSiam's context backbone), on concentric
+    target/context pairs at the pretraining's ratio (``pathseg.data.context.cut_pair``); scored through
+    ``HookNet.segment`` with ``crop`` px tiles, the training geometry, on the whole held-out image (cropped
+    afterwards).
     """
     from pathseg.data.context import cut_pair
     from pathseg.data.sample import IGNORE_INDEX
@@ -125,15 +175,13 @@ def fine_tune(weights: str | None, data: dict, labeled: list[str], seed: int, ar
     rng = np.random.default_rng(seed)
     t0 = time.time()
     c = args.crop
+    target = None if weights is None else weights["target"]
     if args.model == "hooknet":
-        ctx = None
-        if weights is not None:
-            ctx = Path(weights).with_name("context_encoder.safetensors")
-            ctx = str(ctx) if ctx.exists() else weights
-        model = create_model("hooknet", encoder="resnet18", num_classes=2, weights=weights, ratio=HOOK_RATIO,
+        ctx = None if weights is None else weights["context"]  # KeyError rather than target weights in the context
+        model = create_model("hooknet", encoder="resnet18", num_classes=2, weights=target, ratio=HOOK_RATIO,
                              context_weights=ctx, tile=c)
     else:
-        model = create_model("unet", encoder="resnet18", num_classes=2, weights=weights)
+        model = create_model("unet", encoder="resnet18", num_classes=2, weights=target)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
     poly = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - t / args.ft_steps) ** 0.9)
     tr = data["train"]
@@ -238,6 +286,8 @@ only: the GlaS rows were not run (CPU time).
 
 
 def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
+    from pathseg.methods.ssl.dsf import kept_targets
+
     title = {"unet": "U-Net", "hooknet": "HookNet"}[args.model]
     lines = [f"# Self-supervised pretraining (DSF-WSI Table IV layout), CPU scale: fine-tuning {title}", "",
              "F1 (foreground pixel Dice) and pixel accuracy on held-out images, mean ± std over the seeds run "
@@ -284,12 +334,19 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
             if cells:
                 lines.append(f"- {ds} {int(f * 100)}%: " + "; ".join(cells))
     if FINDINGS[args.model]:
-        lines += ["", "## Findings", "", FINDINGS[args.model].strip()]
+        lines += ["", "## Findings", "", "(Written for the runs before the issue-15 fixes: lr scaling, two-backbone "
+                  "SimSiam, equal resolution, CTFM projection and hook; re-check them against a new run.)", "",
+                  FINDINGS[args.model].strip()]
     lines += ["", "## Scale (everything here is far below the paper's)", "",
               f"- Pretraining: ResNet-18, {args.pretrain_steps} steps, batch {args.pretrain_batch} context patches "
-              f"(64 px at 1.0 µm/px) x 4 target patches (64 px at 0.5 µm/px, 2:1, 2x2 per context), Adam 1e-3, "
-              f"1 thread; DSF-WSI trains both branches + CTFM (mask 0.5) + 12 heads; SimSiam trains one head on "
-              f"the same target patches (batch {4 * args.pretrain_batch}). Seconds: {pre_seconds}. "
+              f"(64 px at 1.0 µm/px) x 4 target patches (64 px at 0.5 µm/px, 2:1, 2x2 per context), Adam 1e-3 "
+              f"x sqrt({args.pretrain_batch}/32) = {1e-3 * (args.pretrain_batch / 32) ** 0.5:.2e} (the authors' "
+              f"rule), 1 thread; DSF-WSI trains both branches + CTFM (mask 0.5, [context ; "
+              f"{kept_targets(int(PAIR['per_side']) ** 2, 0.5)} kept targets] straight into the fusion heads) + 12 "
+              "heads; SimSiam trains one head on "
+              f"the same target patches (batch {4 * args.pretrain_batch})"
+              + (", and a second backbone on the context patches (simsiam_context)" if args.model == "hooknet" else "")
+              + f". Seconds: {pre_seconds}. "
               "The paper: 4:1 (16 targets), batch 32, hundreds of epochs over many WSIs.",
               "- Unlabelled data: 3 slides in ../shared/data/slides (two without MPP metadata, taken as 0.5 µm/px), "
               f"30 MoNuSeg training images, the {args.glas_train} GlaS training images (not the {GLAS_HOLDOUT} "
@@ -298,8 +355,10 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               f"staged here: {args.glas_train} train, {GLAS_HOLDOUT} held out) -> 1, 1, 4: at 1% and 10% the split is "
               "the same single image, so those GlaS rows are one run reported twice (same_split_as).",
               f"- Fine-tuning: {MODEL_TEXT[args.model]} (same for all), {args.ft_steps} Adam steps (lr {args.lr}, poly decay 0.9), batch "
-              f"{args.ft_batch} random {args.crop} px crops + flips/rot90; MoNuSeg at 0.5 µm/px (scale 0.5), "
-              "GlaS at half size. Pretraining seed 0 only; fine-tune seeds vary the labelled split and the init "
+              f"{args.ft_batch} random {args.crop} px crops + flips/rot90; both datasets at {FT_MPP:g} µm/px, the "
+              f"pretraining's target MPP (MoNuSeg x{finetune_scales(FT_MPP)['monuseg']:.3g}, GlaS "
+              f"x{finetune_scales(FT_MPP)['glas']:.3g}). Pretraining seed 0 only; fine-tune seeds vary the labelled "
+              "split and the init "
               "of the decoder (and of the encoder for random).",
               f"- Time: {sum(r['seconds'] for r in rows) / 60:.0f} min of fine-tuning rows + "
               f"{sum(pre_seconds.values()) / 60:.0f} min pretraining, wall clock of one-thread processes that ran "
@@ -325,8 +384,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--work", default=str(ROOT / "runs/bench/ssl_pretrain"))
     ap.add_argument("--name", default=NAME, help="results file: benchmarks/results/<name>.json")
-    ap.add_argument("--pretrain-only", choices=("simsiam", "dsf"), default=None,
-                    help="pretrain this encoder and stop (run the two in parallel, then the script without it)")
+    ap.add_argument("--pretrain-only", choices=tuple(PRETRAININGS), default=None,
+                    help="pretrain this encoder and stop (run them in parallel, then the script without it; "
+                    "simsiam_context is pretrained for --model hooknet only)")
     ap.add_argument("--model", choices=("unet", "hooknet"), default="unet",
                     help="the segmentation model fine-tuned from each encoder (hooknet: both DSF-WSI branches)")
     ap.add_argument("--merge", default="", help="comma-separated results names whose rows to take in "
@@ -351,7 +411,16 @@ def main() -> None:
         return
     import json
 
-    pre_seconds = {m: json.loads(Path(w).with_name("encoder.json").read_text())["seconds"] for m, w in weights.items()}
+    from pathseg.methods.ssl.data import check_resolution
+
+    pre_seconds = {}
+    for m, files in weights.items():
+        for branch, w in files.items():
+            rec = json.loads(Path(w).with_name("encoder.json").read_text())
+            pre_seconds[Path(w).parent.name.removeprefix("pretrain_")] = rec["seconds"]
+            for ds, d in data.items():  # fine-tuning reads each dataset at the resolution the branch learned
+                check_resolution(rec, d["train"]["mpp"] if branch == "target" else d["train"]["mpp"] * HOOK_RATIO,
+                                 branch=branch)
     rows = [] if args.fresh else load_rows(args.name)
     for other in filter(None, args.merge.split(",")):
         keys = {(r["method"], r["dataset"], r["fraction"], r["seed"]) for r in rows}

@@ -1,6 +1,7 @@
 """``pathseg pretrain``: self-supervised encoder pretraining on unlabelled slides and images (SimSiam, DSF-WSI).
 
     pathseg pretrain -c configs/ssl/dsf.yaml trainer.max_steps=2000
+    pathseg pretrain -c configs/ssl/simsiam_context.yaml     # SimSiam baseline's context backbone (HookNet)
     pathseg train -c configs/monuseg_supervised.yaml model.weights=runs/ssl/dsf/encoder.safetensors
 """
 
@@ -21,7 +22,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/ssl/)"),
         overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. trainer.max_steps=100"),
     ) -> None:
-        """Pretrain an encoder without labels and write encoder.safetensors + encoder.json; rerun to resume."""
+        """Pretrain encoders without labels and write their .safetensors + encoder.json; rerun to resume."""
         import pathseg.methods  # noqa: F401  (registers the methods)
         from pathseg.engine.config import load_config
         from pathseg.methods.ssl.pretrain import pretrain as run_pretrain
@@ -32,5 +33,5 @@ def register(app: typer.Typer) -> None:
             return
         for branch, path in res["paths"].items():
             console.print(f"{branch}: {path}")
-        console.print(f"use with: pathseg train ... model.encoder={cfg.model.encoder} model.weights={res['weights']}"
-                      f"  ({res['seconds']:.0f} s)")
+        console.print(f"snapshots every {cfg.trainer.val_every} steps: {res['out']}/checkpoints/step_*/")
+        console.print(f"use with: pathseg train ... {res['use']}  ({res['seconds']:.0f} s)")

@@ -9,6 +9,10 @@ Wang et al., DSF-WSI (dense SimSiam): one projector/predictor pair per ResNet st
 
     L_DSL    = Σ_s w_s · L_s,        w = (0.1, 0.4, 0.7, 1.0)
 
+Collapse (SimSiam §4.1): ``output_spread(z)``, the per-channel standard deviation over the batch of
+the l2-normalised outputs z/||z||, averaged over channels: 0 when every sample maps to one vector,
+about 1/sqrt(D) when the outputs are spread like a Gaussian.
+
 Shape:
     p1, p2, z1, z2: (N, D) -> scalar. ``dense_simsiam_loss`` takes lists of 4 such tuples.
 
@@ -58,3 +62,14 @@ def dense_simsiam_loss(
     per = [simsiam_loss(*s) for s in stages]
     total = sum(w * l for w, l in zip(weights, per))
     return total, per
+
+
+def output_spread(z: torch.Tensor) -> torch.Tensor:
+    """mean_d std_n (z_n / ||z_n||)_d: the centred spread of a head's outputs (0 = collapsed), without gradient.
+
+    The standard deviation is the unbiased one (``torch.std``, N - 1), over the batch, per channel.
+
+    Shape: z (N, D), N >= 2 -> scalar.
+    """
+    with torch.no_grad():
+        return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()

@@ -8,9 +8,15 @@ per pixel as the target bottleneck -- and centre-crops it to the target's field 
 (target_size / 32 pixels), which is then concatenated to the target bottleneck before the target decoder:
 
     hook     = crop_centre(D_c[s = 32/r](E_c(context)), H_t / 32)
-    logits_t = C_t(D_t(E_t(target)[:-1] ++ [conv1x1([E_t(target)[-1] ; hook])]))
+    logits_t = C_t(D_t(E_t(target)[:-1] ++ [[E_t(target)[-1] ; hook]]))
     logits_c = C_c(D_c(E_c(context)))
     L        = CE(logits_t, y_t) + λ_c · CE(logits_c, y_c),     λ_c = 0 by default (only the target counts)
+
+As published (and in the DSF-WSI authors' HookNet), the concatenation goes straight into the target
+decoder, whose first block then takes C_bottleneck + C_hook channels. ``hook_conv=True`` puts a
+1x1 conv + BN + ReLU back to C_bottleneck in between (not in the paper; the layout before issue 15).
+Weights of the other layout given to :meth:`HookNet.load_state_dict` (e.g. a checkpoint written before
+issue 15, whose options do not name ``hook_conv``) switch the model to their layout before loading.
 
 :func:`hook_box` gives the crop in hooked-map pixels and :func:`centre_crop` applies it. HookNet takes two
 inputs, so it does not fit :class:`SegModel`; :func:`create_hooknet` builds it, with encoder weights from
@@ -18,7 +24,7 @@ a pretraining export (``weights`` for the target branch, ``context_weights`` for
 the ``hooknet`` method fine-tunes it on ``{"image": target, "context": context, "mask": ...}`` batches.
 
 In the model registry (``create_model("hooknet", encoder=, num_classes=, weights=, ratio=, context_weights=,
-tile=)``, i.e. ``model.name=hooknet`` with ``model.options``), so ``pathseg train`` / ``evaluate`` and
+tile=, hook_conv=)``, i.e. ``model.name=hooknet`` with ``model.options``), so ``pathseg train`` / ``evaluate`` and
 checkpoints handle it like any model; training pairs come from ``data.context`` (:mod:`pathseg.data.context`).
 ``context_weights`` only initialises the context encoder: checkpoints do not keep it (the state dict holds
 the weights), so they load without the file.
@@ -113,12 +119,15 @@ class HookNet(nn.Module):
     """Context and target U-Nets over two encoders of one registered name; see the module docstring.
 
     ``tile``: the target patch size (px, a multiple of 64) of whole-image inference (:meth:`segment`).
+    ``hook_conv``: False (as published) concatenates the hook straight into the target decoder; True adds
+    the 1x1 conv (``self.hook``, None otherwise).
     """
 
     init_only_options = ("context_weights",)  # builder options not saved in checkpoints (see rebuild_options)
     context_from_image = True  # needs the image around each tile: slide prediction reads it (inference)
 
-    def __init__(self, encoder: str = "resnet18", num_classes: int = 2, ratio: int = 4, tile: int = 256) -> None:
+    def __init__(self, encoder: str = "resnet18", num_classes: int = 2, ratio: int = 4, tile: int = 256,
+                 hook_conv: bool = False) -> None:
         super().__init__()
         from pathseg.models import create_model
 
@@ -131,12 +140,19 @@ class HookNet(nn.Module):
         self.context_encoder = create_model("unet", encoder=encoder, num_classes=1).encoder
         chans = list(self.encoder.out_channels)
         self.context_decoder = PyramidDecoder(chans)
-        hooked = DECODER_CHANNELS[STRIDES.index(32 // self.ratio)]
-        self.hook = nn.Sequential(nn.Conv2d(chans[-1] + hooked, chans[-1], 1, bias=False), nn.BatchNorm2d(chans[-1]),
-                                  nn.ReLU(inplace=True))
-        self.decoder = PyramidDecoder(chans)
+        self._build_hook(bool(hook_conv))
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
         self.context_classifier = nn.Conv2d(self.context_decoder.out_channels, num_classes, 1)
+
+    def _build_hook(self, hook_conv: bool) -> None:
+        """(Re)build the hook and the target decoder for ``hook_conv`` (fresh weights)."""
+        chans = list(self.encoder.out_channels)
+        hooked = DECODER_CHANNELS[STRIDES.index(32 // self.ratio)]
+        self.hook: nn.Module | None = None
+        if hook_conv:
+            self.hook = nn.Sequential(nn.Conv2d(chans[-1] + hooked, chans[-1], 1, bias=False),
+                                      nn.BatchNorm2d(chans[-1]), nn.ReLU(inplace=True))
+        self.decoder = PyramidDecoder(chans, bottleneck=chans[-1] if hook_conv else chans[-1] + hooked)
 
     def forward(self, target: torch.Tensor, context: torch.Tensor | None = None) -> Any:
         """Shape: target, context (B, 3, H, W), H a multiple of 64 -> {"target", "context"}: (B, K, H, W) logits.
@@ -152,9 +168,25 @@ class HookNet(nn.Module):
         cmaps = self.context_decoder(self.context_encoder(context))
         hook = centre_crop(cmaps[STRIDES.index(s)], start, size)
         tfeats = self.encoder(target)
-        bottleneck = self.hook(torch.cat([tfeats[-1], hook], 1))
+        bottleneck = torch.cat([tfeats[-1], hook], 1)
+        if self.hook is not None:
+            bottleneck = self.hook(bottleneck)
         tmap = self.decoder(tfeats, bottleneck)[-1]
         return {"target": self.classifier(tmap), "context": self.context_classifier(cmaps[-1])}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; weights of the other hook layout (with / without the 1x1 hook conv)
+        first rebuild the hook and target decoder to theirs, and ``build_options["hook_conv"]`` follows."""
+        has_conv = any(k.startswith("hook.") for k in state_dict)
+        if has_conv != (self.hook is not None):
+            device = next(self.encoder.parameters()).device
+            self._build_hook(has_conv)
+            for mod in (self.hook, self.decoder):
+                if mod is not None:
+                    mod.to(device).train(self.training)  # fresh modules: the model's device and mode
+            if isinstance(getattr(self, "build_options", None), dict):
+                self.build_options["hook_conv"] = has_conv
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def segment(self, image: torch.Tensor) -> torch.Tensor:
         """Whole-image logits: non-overlapping ``tile`` px target tiles, each with its context from the same image.
@@ -195,14 +227,17 @@ class HookNet(nn.Module):
 
 
 def create_hooknet(encoder: str = "resnet18", *, num_classes: int = 2, ratio: int = 4, tile: int = 256,
-                   weights: str | Path | None = None, context_weights: str | Path | None = None) -> HookNet:
+                   weights: str | Path | None = None, context_weights: str | Path | None = None,
+                   hook_conv: bool = False) -> HookNet:
     """HookNet with optional encoder weights: ``weights`` (target branch), ``context_weights`` (context branch).
 
-    A DSF-WSI export gives both: ``encoder.safetensors`` and ``context_encoder.safetensors``.
+    A DSF-WSI export gives both: ``encoder.safetensors`` and ``context_encoder.safetensors``. The SimSiam
+    baseline gives them from two runs: ``simsiam`` with branch=target (``encoder.safetensors``) and with
+    branch=context (``context_encoder.safetensors``).
     """
     from pathseg.models.factory import load_encoder_weights
 
-    net = HookNet(encoder, num_classes, ratio, tile)
+    net = HookNet(encoder, num_classes, ratio, tile, hook_conv=bool(hook_conv))
     if weights is not None:
         load_encoder_weights(net, weights)  # duck-typed: uses .encoder and .encoder_name
     if context_weights is not None:
@@ -213,10 +248,10 @@ def create_hooknet(encoder: str = "resnet18", *, num_classes: int = 2, ratio: in
 
 def build_hooknet(*, encoder: str = "resnet18", num_classes: int = 2, weights: str | Path | None = None,
                   **options: Any) -> HookNet:
-    """The ``create_model("hooknet", ...)`` builder; ``options``: ratio, context_weights, tile."""
+    """The ``create_model("hooknet", ...)`` builder; ``options``: ratio, context_weights, tile, hook_conv."""
     from pathseg.registry import did_you_mean
 
-    valid = ["ratio", "context_weights", "tile"]
+    valid = ["ratio", "context_weights", "tile", "hook_conv"]
     for key in options:
         if key not in valid:
             raise ConfigError(f"model hooknet: unknown option {key!r}.{did_you_mean(key, valid)} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -11,6 +12,7 @@ from pathseg.cli.main import app
 from pathseg.data.synth import write_synthetic_slide
 
 
+@pytest.mark.filterwarnings("ignore:.*fewer than 8 samples")  # 2 pairs a step, on purpose
 def test_cli_pretrain_dsf_then_train_with_the_exported_encoder(tmp_path):
     slide = write_synthetic_slide(tmp_path / "slide.tif", 512, mpp=0.5, seed=0)
     out = tmp_path / "dsf"
@@ -25,6 +27,7 @@ def test_cli_pretrain_dsf_then_train_with_the_exported_encoder(tmp_path):
     assert rec["trained_on"]["files"][0]["path"] == str(slide) and rec["labels_used"] is False
     assert rec["trained_on"]["pair"]["per_side"] == 2 and rec["params"] == {}
     assert (out / "context_encoder.safetensors").is_file()
+    assert (out / "checkpoints" / "step_000002" / "encoder.safetensors").is_file() and "snapshots every 2" in res.output
 
     run = tmp_path / "ft"
     res = CliRunner().invoke(app, [

@@ -6,9 +6,10 @@
 Importing this package registers ``simsiam``, ``dsf`` and ``hooknet`` in ``METHODS``.
 """
 
-from pathseg.methods.ssl.dsf import CTFM, DSF, draw_jigsaw, masked_jigsaw
-from pathseg.methods.ssl.simsiam import PredictionMLP, ProjectionMLP, SimSiam, SimSiamHead, SSLMethod
+from pathseg.methods.ssl.dsf import CTFM, DSF, draw_jigsaw, kept_targets, masked_jigsaw
+from pathseg.methods.ssl.simsiam import (PredictionMLP, ProjectionMLP, SimSiam, SimSiamHead, SSLMethod,
+                                         scaled_lr)
 from pathseg.models import hooknet as _hooknet  # noqa: F401  (registers the "hooknet" method)
 
 __all__ = ["CTFM", "DSF", "PredictionMLP", "ProjectionMLP", "SSLMethod", "SimSiam", "SimSiamHead", "draw_jigsaw",
-           "masked_jigsaw"]
+           "kept_targets", "masked_jigsaw", "scaled_lr"]

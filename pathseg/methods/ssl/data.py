@@ -14,6 +14,11 @@ random resized crop (scale 0.2-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1) with
 Gaussian blur p 0.5.
 
 Shape: item ``{"context": (2, 3, Sc, Sc), "targets": (2, m, 3, St, St)}`` float32, ImageNet-normalised.
+
+Fine-tuning should read a dataset at the resolution its encoder learned from: every source is resampled
+to ``target_mpp`` (and ``context_mpp``) here, whatever its own MPP, so fine-tune at that MPP too.
+:func:`finetune_scale` gives the resize factor for a dataset (GlaS, 0.62 µm/px, at 0.5: x1.24), and
+:func:`check_resolution` compares a fine-tuning MPP with a pretraining record (``encoder.json``).
 """
 
 from __future__ import annotations
@@ -62,6 +67,42 @@ def expand_sources(sources: list[str | dict[str, Any]]) -> list[dict[str, Any]]:
     if not out:
         raise DataError(f"no slides or images in the pretraining sources {sources}")
     return out
+
+
+def pretrained_mpp(record: str | os.PathLike | dict[str, Any], branch: str = "target") -> float:
+    """The µm/px a branch was pretrained at: ``trained_on.pair.<branch>_mpp`` of ``encoder.json`` (path or dict)."""
+    import json
+
+    rec = record if isinstance(record, dict) else json.loads(Path(record).read_text())
+    try:
+        return float(rec["trained_on"]["pair"][f"{branch}_mpp"])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"pretraining record: no trained_on.pair.{branch}_mpp ({e}); pass the encoder.json "
+                        "that `pathseg pretrain` wrote beside the weights") from e
+
+
+def finetune_scale(native_mpp: float, pretrained: float) -> float:
+    """Resize factor that brings images at ``native_mpp`` µm/px to ``pretrained`` µm/px: native / pretrained.
+
+    Example:
+        >>> round(finetune_scale(0.62, 0.5), 4), finetune_scale(0.25, 0.5)   # GlaS; MoNuSeg (40x)
+        (1.24, 0.5)
+    """
+    if not (native_mpp > 0 and pretrained > 0):
+        raise DataError(f"resolutions must be positive µm/px, got native {native_mpp}, pretrained {pretrained}")
+    return float(native_mpp) / float(pretrained)
+
+
+def check_resolution(record: str | os.PathLike | dict[str, Any], mpp: float, *, branch: str = "target",
+                     rtol: float = 0.05) -> None:
+    """Raise unless ``mpp`` (the fine-tuning resolution) is within ``rtol`` of the branch's pretraining MPP."""
+    from pathseg.errors import ConfigError
+
+    want = pretrained_mpp(record, branch)
+    if abs(float(mpp) - want) > rtol * want:
+        raise ConfigError(f"fine-tuning at {mpp:g} µm/px an encoder pretrained at {want:g} µm/px ({branch} branch); "
+                          f"resize the images by x{finetune_scale(mpp, want):.3g} "
+                          "(pathseg.methods.ssl.data.finetune_scale) so both read the tissue at the same resolution")
 
 
 class RandomResizedCrop:

@@ -1,11 +1,14 @@
 """Encoder weights out of a pretraining run: safetensors files plus a JSON record of what they learned from.
 
-``export_encoders(method, out, record)`` writes, for a :class:`pathseg.methods.ssl.simsiam.SSLMethod`:
+``export_encoders(method, out, record)`` writes, for a :class:`pathseg.methods.ssl.simsiam.SSLMethod`,
+one file per branch in ``method.encoders()``:
 
-    out/encoder.safetensors           the target branch = ``model.encoder`` state dict, plain keys
-                                      (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...): pass it as
+    out/encoder.safetensors           the target branch's state dict, plain keys (``conv1.weight``,
+                                      ``layer1.0.bn1.running_mean``, ...): pass it as
                                       ``model.weights=out/encoder.safetensors`` to any pathseg model
-    out/context_encoder.safetensors   DSF-WSI only: the context branch (HookNet's context encoder)
+                                      (DSF-WSI, and SimSiam with branch=target)
+    out/context_encoder.safetensors   the context branch (HookNet's ``model.options.context_weights``):
+                                      DSF-WSI's context encoder, or SimSiam's with branch=context
     out/encoder.json                  the record: encoder name, method, parameters, steps, data (files,
                                       MPP, pair geometry), seconds, sha256 of every weights file
 
@@ -39,6 +42,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def encoder_file(branch: str) -> str:
+    """``encoder.safetensors`` for the target branch, ``<branch>_encoder.safetensors`` for any other."""
+    return "encoder.safetensors" if branch == "target" else f"{branch}_encoder.safetensors"
+
+
 def save_encoder(encoder: nn.Module, path: str | Path, *, encoder_name: str, branch: str = "target",
                  method: str = "") -> Path:
     """Write one encoder's state dict (contiguous CPU tensors, plain keys) as safetensors, atomically."""
@@ -54,23 +62,28 @@ def save_encoder(encoder: nn.Module, path: str | Path, *, encoder_name: str, bra
 
 
 def export_encoders(method: Any, out: str | Path, record: dict[str, Any]) -> dict[str, Path]:
-    """Write the method's encoders and ``encoder.json``; returns ``{"target": path, ["context": path,] "record": path}``."""
+    """Write the method's encoders and ``encoder.json``.
+
+    Returns ``{"target": path, "context": path, "record": path}``, with only the branches the method has.
+    """
     out = Path(out)
     name = method.model.encoder_name
     kind = type(method).__name__.lower()
-    paths = {"target": save_encoder(method.model.encoder, out / "encoder.safetensors", encoder_name=name,
-                                    branch="target", method=kind)}
-    for branch, enc in method.extra_encoders().items():
-        paths[branch] = save_encoder(enc, out / f"{branch}_encoder.safetensors", encoder_name=name, branch=branch,
-                                     method=kind)
+    paths = {branch: save_encoder(enc, out / encoder_file(branch), encoder_name=name, branch=branch, method=kind)
+             for branch, enc in method.encoders().items()}
     import torch
+
+    if "target" in paths:
+        use = f"model.encoder={name} model.weights={paths['target']}"
+    else:
+        use = f"model.name=hooknet model.encoder={name} model.options.context_weights={paths['context']}"
 
     full = {
         "format": FORMAT,
         "encoder": name,
         "method": kind,
         "weights": {b: {"file": p.name, "sha256": _sha256(p)} for b, p in paths.items()},
-        "use": f"model.encoder={name} model.weights={paths['target']}",
+        "use": use,
         **record,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "software": {"torch": torch.__version__, "python": platform.python_version()},
