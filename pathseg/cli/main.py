@@ -274,7 +274,7 @@ def demo(
 
 
 # Command groups owned by other parts of pathseg: each module exposes register(app).
-PLUGIN_MODULES = ("slides", "weak", "segcls", "pretrain", "distill")
+PLUGIN_MODULES = ("slides", "weak", "segcls", "pretrain", "distill", "encoders")
 
 
 def _register_optional() -> None:

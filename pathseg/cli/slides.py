@@ -84,6 +84,7 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, ray: str |
                                   **settings)
         done = sum(r["status"] in ("done", "skipped") for r in rows)
         con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out} on Ray"))
+        print_failures(rows, con)
         return rows
     geojson = {k: settings.pop(k) for k in ("min_area", "simplify", "multipolygon") if k in settings}
     geo = {"min_area_um2": geojson.get("min_area"), "simplify": geojson.get("simplify"),
@@ -103,7 +104,15 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, ray: str |
     backends = sorted({r.get("backend", "") for r in rows if r.get("backend")})
     con.print(_summary_table(rows, f"{done}/{len(rows)} slides predicted into {out}"
                                    + (f" (backend {', '.join(backends)})" if backends else "")))
+    print_failures(rows, con)
     return rows
+
+
+def print_failures(rows: list[dict[str, Any]], con: Console) -> None:
+    """Each failed slide's whole message on its own line (the table folds long notes)."""
+    for r in rows:
+        if r.get("status") == "failed":
+            con.print(f"[red]failed[/] {r.get('error', '?')}", soft_wrap=True, markup=True, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,6 +130,7 @@ def _each_slide(slides: list[Path], title: str, work: Callable[[Path], dict[str,
         except Exception as e:
             rows.append(failure_record(path, e))
     console.print(_summary_table(rows, title))
+    print_failures(rows, console)
     if any(r.get("status") == "failed" for r in rows):
         raise typer.Exit(1)
 

@@ -37,36 +37,6 @@ MAX_POLYGON_SIDE = 8192
 DEFAULT_MIN_AREA_UM2 = 10.0
 
 
-def _region_geometry(contours: Sequence[np.ndarray], hier: np.ndarray, i: int) -> Any:
-    """The exact pixel outline of one 8-connected region traced on a 2x upsampled mask.
-
-    cv2 traces the centres of the boundary pixels; on the 2x grid they lie 1/4 map px inside the region's
-    true edge (outer ring) or its holes' edges. Buffering by 1/4 px with mitred corners moves every
-    axis-parallel edge back onto the pixel edges, so the polygon covers exactly the region's pixels,
-    except for a sliver where two pixels touch only at a corner. ``make_valid`` mends those pinch points.
-    """
-    from shapely import make_valid
-    from shapely.geometry import Polygon
-
-    def ring(c: np.ndarray) -> np.ndarray:
-        return (c.reshape(-1, 2).astype(np.float64) + 0.5) / 2.0
-
-    outer = ring(contours[i])
-    holes = []
-    child = hier[i][2]
-    while child != -1:
-        if len(contours[child]) >= 3:
-            holes.append(ring(contours[child]))
-        child = hier[child][0]
-    if len(outer) >= 3:
-        geom = make_valid(Polygon(outer, holes))
-    else:  # a run of 1-2 fine pixel centres: a point or a segment, buffered into the pixels' squares below
-        from shapely.geometry import LineString, Point
-
-        geom = Point(outer[0]) if len(outer) == 1 or np.allclose(outer[0], outer[-1]) else LineString(outer)
-    return make_valid(geom.buffer(0.25, cap_style="square", join_style="mitre", mitre_limit=2.0))
-
-
 def _polygons_of(geom: Any) -> list[Any]:
     from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 
@@ -83,17 +53,18 @@ def label_polygons(labels: np.ndarray, class_names: Sequence[str], colors: Seque
                    id_prefix: str = "") -> list[dict[str, Any]]:
     """Each class's connected regions as QuPath GeoJSON features, valid and non-empty.
 
-    Geometry: pixel ``(r, c)`` of ``labels`` covers ``[c, c+1) x [r, r+1)`` (the convention of
-    :func:`pathseg.io.annotations.rasterize_geojson`, which inverts this), scaled by ``scale`` into level-0
-    pixels. Every geometry is valid per shapely (pinch points mended by ``make_valid``), none is empty, and
-    with ``simplify=0`` and ``min_area=0`` a class's polygons cover its pixels (areas equal up to the
-    corner-touch slivers).
+    Regions are traced along the pixel edges by GDAL's polygonizer (``rasterio.features.shapes``, 4-connected:
+    pixels that touch only at a corner are separate regions, so every polygon is valid): pixel ``(r, c)`` covers
+    ``[c, c+1) x [r, r+1)``, the convention of :func:`pathseg.io.annotations.rasterize_geojson`, which inverts
+    this exactly. Coordinates are scaled by ``scale`` into level-0 pixels. With ``simplify=0`` and
+    ``min_area=0`` a class's polygon areas sum to its pixel count times ``scale``².
 
     Args:
         labels: (H, W) class map.
         scale: level-0 pixels per map pixel.
         include_background: also outline the class named "background" (class 0 when none has that name).
-        simplify: topology-preserving simplification tolerance in map pixels (0: every corner kept).
+        simplify: topology-preserving simplification tolerance in map pixels (0: every corner kept); a polygon
+            that simplification makes invalid is mended by ``make_valid``.
         min_area: leave out polygons under this area, in level-0 px² (holes are not filled).
         multipolygon: one MultiPolygon feature per class instead of one Polygon per region.
         object_type: QuPath's ``objectType``: "annotation" (regions) or "detection" (cells, nuclei).
@@ -101,47 +72,41 @@ def label_polygons(labels: np.ndarray, class_names: Sequence[str], colors: Seque
     Shape:
         labels (H, W) integer -> list of Feature dicts.
     """
-    import cv2
-    from shapely import affinity
-    from shapely.geometry import MultiPolygon, mapping
+    from affine import Affine
+    from rasterio import features as rio_features
+    from shapely.geometry import MultiPolygon, mapping, shape
 
     if object_type not in ("annotation", "detection"):
         raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
     names = [str(n) for n in class_names]
     skip = names.index("background") if "background" in names else 0
-    feats: list[dict[str, Any]] = []
-    for k, name in enumerate(names):
-        if k == skip and not include_background:
-            continue
-        mask = (np.asarray(labels) == k).astype(np.uint8)
-        if not mask.any():
-            continue
-        fine = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)
-        contours, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        if hierarchy is None:
-            continue
-        hier = hierarchy[0]
-        polys = []
-        for i in range(len(contours)):
-            if hier[i][3] != -1:  # a hole; built with its parent
-                continue
-            geom = _region_geometry(contours, hier, i)
+    labels = np.ascontiguousarray(labels)
+    if labels.dtype not in (np.uint8, np.int16, np.uint16, np.int32):
+        labels = labels.astype(np.int32)
+    wanted = np.isin(labels, [k for k in range(len(names)) if include_background or k != skip])
+    by_class: dict[int, list[Any]] = {}
+    if wanted.any():
+        for geom, value in rio_features.shapes(labels, mask=wanted, connectivity=4,
+                                               transform=Affine.scale(float(scale))):
+            poly = shape(geom)
             if simplify > 0:
-                geom = make_valid_simplified(geom, simplify)
-            geom = affinity.scale(geom, xfact=scale, yfact=scale, origin=(0, 0)) if scale != 1 else geom
-            polys += [p for p in _polygons_of(geom) if p.area > 0 and p.area >= min_area]
+                poly = make_valid_simplified(poly, simplify * scale)
+            by_class.setdefault(int(value), []).extend(
+                p for p in _polygons_of(poly) if p.area > 0 and p.area >= min_area)
+    feats: list[dict[str, Any]] = []
+    for k in sorted(by_class):
+        polys = by_class[k]
         if not polys:
             continue
         color = [int(c) for c in colors[k][:3]]
-        groups = [MultiPolygon(polys)] if multipolygon else polys
-        for g in groups:
+        for g in ([MultiPolygon(polys)] if multipolygon else polys):
             feats.append({
                 "type": "Feature",
                 "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathseg:{id_prefix}:{k}:{len(feats)}")),
                 "geometry": _rounded(mapping(g)),
                 "properties": {
                     "objectType": object_type,
-                    "classification": {"name": name, "color": color},
+                    "classification": {"name": names[k], "color": color},
                     "isLocked": False,
                 },
             })

@@ -15,4 +15,9 @@ def _hooknet(**kw):  # imported when called: pathseg.models.hooknet also defines
 
 NETWORKS.register("hooknet", _hooknet)
 
+from pathseg.models.factory import ENCODER_FAMILIES  # noqa: E402
+from pathseg.models.vit import VIT_FAMILY  # noqa: E402
+
+ENCODER_FAMILIES.register("vit", VIT_FAMILY)
+
 __all__ = ["DECODERS", "ENCODERS", "NETWORKS", "SegModel", "create_model", "load_encoder_weights"]

@@ -55,6 +55,9 @@ from pathseg.registry import Registry, did_you_mean
 
 DECODERS: Registry = Registry("model")
 ENCODERS: Registry = Registry("encoder")
+#: Encoder families built outside smp (``vit``: pathology foundation models); each has ``handles(name)`` and
+#: ``create_model(name, encoder=..., num_classes=..., weights=..., **options)``.
+ENCODER_FAMILIES: Registry = Registry("encoder family")
 NETWORKS: Registry = Registry("model")
 """Whole-model builders for networks that are not a SegModel (e.g. ``hooknet``); names shared with DECODERS."""
 
@@ -172,7 +175,8 @@ def create_model(
     Args:
         name: one of ``DECODERS.names()`` (deeplabv3, deeplabv3plus, unet, unetplusplus, ...) or
             ``NETWORKS.names()`` (hooknet).
-        encoder: one of ``ENCODERS.names()``.
+        encoder: one of ``ENCODERS.names()``, or a name an encoder family handles (``pathseg encoders``
+            lists the ViT foundation models: uni, uni2, virchow2, hoptimus, phikon, phikon2, conch).
         num_classes: K, the classifier's output channels.
         weights: None, a local weights file, or "imagenet" (needs the internet).
     """
@@ -185,6 +189,9 @@ def create_model(
         names = sorted(set(DECODERS.names()) | set(NETWORKS.names()))
         raise UnknownNameError(f"unknown model {name!r}.{did_you_mean(name, names)} "
                                f"Valid model names: {', '.join(names)}")
+    family = next((f for f in map(ENCODER_FAMILIES.get, ENCODER_FAMILIES.names()) if f.handles(encoder)), None)
+    if family is not None and encoder not in ENCODERS:
+        return family.create_model(name, encoder=encoder, num_classes=num_classes, weights=weights, **kwargs)
     builder = DECODERS.get(name)
     smp_encoder = ENCODERS.get(encoder)
     net = builder(encoder_name=smp_encoder, encoder_weights=None, classes=num_classes, **kwargs)
