@@ -116,15 +116,18 @@ def create_vit_model(name: str = "unet", *, encoder: str, num_classes: int = 2, 
     enc_opts = {k: kwargs[k] for k in ENCODER_OPTIONS if k in kwargs}
     dec_opts = {k: v for k, v in kwargs.items() if k not in enc_opts}
     net = DECODERS.get(name)(encoder_name=STAND_IN_ENCODER, encoder_weights=None, classes=num_classes, **dec_opts)
-    stand_in = getattr(net, "encoder", None)
-    if not hasattr(stand_in, "output_stride") or not hasattr(stand_in, "out_channels"):
-        raise ConfigError(f"model {name!r} does not take a ViT encoder (its encoder is not an smp encoder); "
-                          f"use unet, unetplusplus, deeplabv3 or deeplabv3plus")
-    channels = list(stand_in.out_channels)
-    pyramid = build_vit_encoder(encoder, weights, out_channels=channels[2:], output_stride=int(stand_in.output_stride),
-                                **enc_opts)
-    net.encoder = SmpVitEncoder(pyramid, stem_channels=channels[1])
-    del stand_in
+    slots = [(parent, key, mod) for parent in net.modules() for key, mod in parent.named_children()
+             if hasattr(mod, "output_stride") and hasattr(mod, "out_channels") and not isinstance(mod, SmpVitEncoder)]
+    if not slots:
+        raise ConfigError(f"model {name!r} does not take a ViT encoder (it has no smp encoder to replace); use "
+                          f"unet, unetplusplus, deeplabv3(plus), their _gated forms, cam or segcls")
+    for parent, key, stand_in in slots:  # every smp encoder inside (gated models have two)
+        channels = list(stand_in.out_channels)
+        levels = len(channels) - 2  # smp features: image, stride 2, then one per level
+        widths = channels[2:] + [channels[-1]] * (4 - levels)  # the pyramid always builds 4 levels
+        pyramid = build_vit_encoder(encoder, weights, out_channels=widths,
+                                    output_stride=int(stand_in.output_stride), **enc_opts)
+        setattr(parent, key, SmpVitEncoder(pyramid, stem_channels=channels[1], levels=levels))
     model = SegModel(net, num_classes, name=name, encoder=encoder)
     model.build_options = dict(kwargs)
     return model

@@ -199,19 +199,22 @@ class VitPyramid(nn.Module):
 class SmpVitEncoder(nn.Module):
     """A :class:`VitPyramid` as a segmentation_models_pytorch encoder (features from stride 1, as smp's).
 
-    ``out_channels`` = (3, stem, *pyramid.out_channels); ``forward(x)`` = [x, stem(x), p4, p8, p16, p32].
+    ``out_channels`` = (3, stem, *pyramid.out_channels[:levels]); ``forward(x)`` = [x, stem(x), p4, p8, p16, p32]
+    (the first ``levels`` pyramid maps: an smp encoder of depth ``levels + 1``).
     The stem (conv 3x3 /2, LN, GELU on the image) gives U-Net decoders their stride-2 skip.
     """
 
-    def __init__(self, pyramid: VitPyramid, stem_channels: int = 64) -> None:
+    def __init__(self, pyramid: VitPyramid, stem_channels: int = 64, levels: int = 4) -> None:
         super().__init__()
-        self.pyramid = pyramid
+        if not 1 <= levels <= 4:
+            raise ValueError(f"levels must be 1-4 (strides 4, 8, 16, 32), got {levels}")
+        self.pyramid, self.levels = pyramid, int(levels)
         self.stem = nn.Sequential(nn.Conv2d(3, stem_channels, 3, stride=2, padding=1, bias=False),
                                   _layer_norm_2d(stem_channels), nn.GELU())
-        self.out_channels = [3, int(stem_channels), *pyramid.out_channels]
-        self.reductions = [1, 2, *pyramid.reductions]
-        self._depth = 5
-        self._output_stride = max(pyramid.reductions)
+        self.out_channels = [3, int(stem_channels), *pyramid.out_channels[:levels]]
+        self.reductions = [1, 2, *pyramid.reductions[:levels]]
+        self._depth = levels + 1
+        self._output_stride = max(self.reductions)
 
     @property
     def output_stride(self) -> int:
@@ -222,7 +225,7 @@ class SmpVitEncoder(nn.Module):
         return self.pyramid.vit
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [x, self.stem(x), *self.pyramid(x)]
+        return [x, self.stem(x), *self.pyramid(x)[: self.levels]]
 
 
 __all__ = ["VitPyramid", "SmpVitEncoder", "default_indices", "PYRAMID_STRIDES", "DEFAULT_CHANNELS"]
