@@ -2,7 +2,9 @@
 
 Trains U-Net/ResNet-18 on synthetic 5-class H&E tissue, evaluates on held-out synthetic images from
 the same centres, and writes ``metrics.md``, ``metrics.json`` and ``overlay.png`` (image | truth |
-prediction for four test images).
+prediction for four test images). Run again on the same folder, it resumes (``--steps`` more than the
+model has: trains the rest; fewer: trains nothing), and ``metrics.md`` reports the model's own steps and
+training time over every run.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dic
     from pathseg.cli.main import metrics_markdown, metrics_table
     from pathseg.engine.checkpoint import load_model
     from pathseg.engine.data import build_dataset
-    from pathseg.engine.train import evaluate, train
+    from pathseg.engine.train import describe_training, evaluate, per_class, train
     from pathseg.inference.writers import colorize, overlay_image, with_legend
     from pathseg.models.predict import predict_logits, to_model_input
 
@@ -69,13 +71,16 @@ def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dic
     grid = np.concatenate(rows, axis=0)
     write_image(out / "overlay.png", with_legend(column_titles(grid, ("image", "truth", "prediction")),
                                                  info["class_names"], info["colors"]))
-    per_class = {n: {"IoU": metrics[f"IoU/{n}"], "Dice": metrics[f"Dice/{n}"]} for n in info["class_names"]}
+    classes = per_class(metrics)
     md = ["# pathseg demo: U-Net/ResNet-18 on synthetic H&E tissue (5 classes)", "",
-          f"{steps} training steps, {res['seconds']:.0f} s; test = held-out synthetic images.", "",
+          f"Trained {describe_training(res)}; test = held-out synthetic images.", "",
           metrics_markdown({"test": metrics}), "| class | IoU | Dice |", "|---|---|---|"]
-    md += [f"| {n} | {v['IoU']:.4f} | {v['Dice']:.4f} |" for n, v in per_class.items()]
+    md += [f"| {n} | {v['IoU']:.4f} | {v['Dice']:.4f} |" for n, v in classes.items()]
     write_text(out / "metrics.md", "\n".join(md) + "\n")
-    write_json(out / "metrics.json", {"test": metrics, "train_seconds": res["seconds"], "checkpoint": res["checkpoint"]})
+    write_json(out / "metrics.json", {"test": metrics, "train_steps": res["steps"],
+                                      "train_seconds": res["total_seconds"], "train_runs": res["runs"],
+                                      "resumed_from": res["resumed_from"], "this_run_seconds": res["seconds"],
+                                      "checkpoint": res["checkpoint"]})
     if console is not None:
         console.print(metrics_table({"test": metrics}))
         console.print(f"wrote {out / 'metrics.md'}, {out / 'overlay.png'}, model {res['checkpoint']}")

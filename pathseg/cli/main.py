@@ -53,6 +53,25 @@ def metrics_markdown(rows: dict[str, dict[str, Any]], keys: tuple[str, ...] = ("
     return "\n".join(lines) + "\n"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pathseg {version('pathseg')}")
+        except PackageNotFoundError:  # a source checkout that is not installed
+            from pathseg import __version__
+
+            typer.echo(f"pathseg {__version__} (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="print the installed version and exit")) -> None:
+    pass
+
+
 @app.command()
 @friendly
 def train(
@@ -67,15 +86,22 @@ def train(
     Data-parallel: data.batch_size is per device; torchrun and SLURM launches work as Lightning documents.
     """
     from pathseg.engine.config import load_config
+    from pathseg.engine.train import TrainingInterrupted, describe_training
     from pathseg.engine.train import train as run_train
 
     flags = {"trainer.devices": devices, "trainer.num_nodes": num_nodes, "trainer.strategy": strategy}
     cfg = load_config(config, list(overrides or []) + [f"{k}={v}" for k, v in flags.items() if v is not None])
-    res = run_train(cfg)
+    try:
+        res = run_train(cfg)
+    except TrainingInterrupted as e:
+        from rich.markup import escape
+
+        console.print(f"[yellow]interrupted[/]: {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     if res.get("rank", 0) != 0:  # data-parallel: rank 0 reports
         return
     console.print(metrics_table({"validation": res["metrics"]}))
-    console.print(f"model: {res['checkpoint']}  ({res['seconds']:.0f} s)")
+    console.print(f"model: {res['checkpoint']}  ({describe_training(res)})")
 
 
 @app.command()
@@ -90,11 +116,18 @@ def evaluate(
     """Score a checkpoint on a dataset split (mIoU, Dice, accuracy, FwIoU, per class)."""
     from pathseg.engine.config import load_config
     from pathseg.engine.train import evaluate as run_eval
+    from pathseg.engine.train import per_class
     from pathseg.io.files import write_json
 
     cfg = load_config(config, overrides)
     res = run_eval(checkpoint, cfg, split)
     console.print(metrics_table({split or cfg.data.val_split: res}))
+    classes = Table(show_header=True)
+    for name, justify in (("class", "left"), ("IoU", "right"), ("Dice", "right")):
+        classes.add_column(name, justify=justify)
+    for name, m in per_class(res).items():
+        classes.add_row(name, *(f"{m[k]:.4f}" for k in ("IoU", "Dice")))
+    console.print(classes)
     if out:
         write_json(out, res)
     typer.echo(__import__("json").dumps({k: v for k, v in res.items()}, default=float))
@@ -251,10 +284,10 @@ def splits(
     out: Path = typer.Option(Path("splits"), help="output folder"),
 ) -> None:
     """Write seeded label-fraction split files (labelled / unlabelled / test ids)."""
-    from pathseg.data.splits import make_split_files
+    from pathseg.data.splits import make_split_files, parse_seeds
 
     fr = [_parse_fraction(f) for f in fractions.split(",")]
-    sd = [int(s) for s in seeds.split(",")]
+    sd = parse_seeds(seeds)
     paths = make_split_files(dataset, root, fr, sd, out, by=by)
     for p in paths:
         console.print(str(p))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -54,6 +55,29 @@ def as_fraction(fraction: float | str | Fraction) -> Fraction:
     return f
 
 
+def as_seed(seed: int | str) -> int:
+    """``3`` or ``"3"`` → ``3``; anything else (``"a"``, ``1.5``, ``True``) raises :class:`DataError`."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return int(seed)
+    if isinstance(seed, str):
+        try:
+            return int(seed.strip())
+        except ValueError:
+            pass
+    raise DataError(f"seed {seed!r} is not an integer; give seeds like 0,1,2")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]`` (a comma-separated list, as ``pathseg splits --seeds`` takes)."""
+    items = [s.strip() for s in str(text).split(",")]
+    if not any(items):
+        raise DataError(f"seeds {text!r}: expected comma-separated integers, e.g. 0,1,2")
+    try:
+        return [as_seed(s) for s in items]
+    except DataError:
+        raise DataError(f"seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
 def fraction_tag(fraction: float | str | Fraction) -> str:
     """File-name form: ``1/8`` → ``"1-8"``, ``1`` → ``"1-1"``."""
     f = as_fraction(fraction)
@@ -62,7 +86,7 @@ def fraction_tag(fraction: float | str | Fraction) -> str:
 
 def split_path(dataset: str, fraction: float | str | Fraction, seed: int, root: str | os.PathLike = SPLITS_DIR) -> Path:
     """``root/<dataset>/<a-b>_seed<seed>.json``."""
-    return Path(root) / dataset / f"{fraction_tag(fraction)}_seed{int(seed)}.json"
+    return Path(root) / dataset / f"{fraction_tag(fraction)}_seed{as_seed(seed)}.json"
 
 
 def _round_half_up(x: float) -> int:
@@ -88,6 +112,7 @@ def make_split(
         True
     """
     f = as_fraction(fraction)
+    seed = as_seed(seed)
     ids = [str(i) for i in ids]
     if not ids:
         raise DataError("cannot split an empty id list; check the dataset root and split")
@@ -179,6 +204,7 @@ def make_split_files(
 
     if by not in ("image", "source"):
         raise DataError(f"by must be 'image' or 'source', got {by!r}")
+    fractions, seeds = [as_fraction(f) for f in fractions], [as_seed(s) for s in seeds]
     cls = DATASETS.get(dataset_name)
     train = cls(root, split="train", **options)
     try:

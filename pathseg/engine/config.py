@@ -40,6 +40,9 @@ class DataConfig:
     unlabeled_batch_size: int = 8
     workers: int = 0
     cache: bool = True  # keep decoded images in memory (small datasets)
+    # the images' resolution in µm/px, recorded in model.ckpt for slide prediction; None = what the dataset's
+    # samples record (meta["mpp"]), with a warning when they record none
+    mpp: float | None = None
     context: dict[str, Any] | None = None  # {ratio: r[, size: T]}: concentric target/context training pairs (HookNet)
 
 
@@ -80,7 +83,10 @@ class TrainerConfig:
     sync_batchnorm: bool | None = None  # None = the method's choice (semi-supervised and SSL methods: yes)
     precision: str = "32-true"
     channels_last: bool = True
-    resume: bool = True  # continue from out/checkpoints/last.ckpt when present
+    resume: bool = True  # continue from out/checkpoints/last.ckpt when present (see RESUME_FIXED)
+    # training checkpoints kept: 1 = checkpoints/last.ckpt only; N > 1 also keeps the N most recent periodic
+    # ones (every val_every steps) as checkpoints/step-XXXXXX.ckpt, the newest a copy of last.ckpt
+    keep_last: int = 1
     log_every: int = 10
     progress: bool = True
     # keep the weights of the best validation: model.ckpt is written from checkpoints/best.ckpt, the validation
@@ -103,6 +109,113 @@ class Config:
         return dataclasses.asdict(self)
 
 
+#: (key, lower bound, whether the bound itself is allowed) for every numeric key with a range; None values
+#: (where a key allows None) are not checked. Checked by :func:`check_values` when a config is loaded.
+RANGES: tuple[tuple[str, float, bool], ...] = (
+    ("data.batch_size", 1, True), ("data.unlabeled_batch_size", 1, True), ("data.workers", 0, True),
+    ("data.mpp", 0, False),
+    ("optim.lr", 0, False), ("optim.momentum", 0, True), ("optim.weight_decay", 0, True),
+    ("optim.poly_power", 0, True),
+    ("trainer.max_steps", 1, True), ("trainer.val_every", 1, True), ("trainer.log_every", 1, True),
+    ("trainer.num_nodes", 1, True), ("trainer.threads", 1, True), ("trainer.keep_last", 1, True),
+)
+
+
+_RANGE_HINTS = {
+    "trainer.max_steps": " (the number of optimiser steps to train; resuming a run trains up to this total)",
+    "optim.lr": " (the base learning rate, e.g. 0.01 for sgd, 0.001 for adam)",
+    "data.mpp": " (µm per pixel of the images, e.g. 0.5 at 20x)",
+}
+
+
+def check_values(cfg: Config) -> Config:
+    """Raise :class:`ConfigError` for a value out of its range (``optim.lr=-1``, ``trainer.max_steps=0``)."""
+    for key, low, inclusive in RANGES:
+        section, name = key.split(".")
+        val = getattr(getattr(cfg, section), name)
+        if val is None or isinstance(val, bool) or not isinstance(val, (int, float)):
+            continue
+        if val < low or (val == low and not inclusive):
+            bound = f"≥ {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{key}: expected a value {bound}, got {val!r}" + _RANGE_HINTS.get(key, ""))
+    return cfg
+
+
+#: Keys that decide what a run's checkpoint holds; resuming it (``trainer.resume`` with
+#: ``checkpoints/last.ckpt`` present) with another value is refused, since the weights would not load or
+#: the run would silently become another experiment. ``optim.lr``/``momentum``/``weight_decay`` are here
+#: because the optimiser and schedule state restored from the checkpoint keep the old values. A key
+#: covers every key under it (``model`` = ``model.*``). Everything else (``trainer.max_steps``, which may
+#: grow, ``trainer.val_every``, ``trainer.devices``, batch sizes, transforms, ``optim.poly_power``...) may
+#: change between runs.
+RESUME_FIXED = ("model", "method", "data.dataset", "data.options", "data.split_file", "data.context",
+                "optim.name", "optim.lr", "optim.momentum", "optim.weight_decay")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):  # an empty mapping adds no key: {} and a missing mapping compare equal
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _fixed(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in RESUME_FIXED)
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if key == "data.split_file" and isinstance(a, str) and isinstance(b, str):
+        pa, pb = Path(a), Path(b)  # the same split given by another path
+        return pa.is_file() and pb.is_file() and pa.read_bytes() == pb.read_bytes()
+    return False
+
+
+def resume_differences(previous: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """``(key, previous value, new value)`` for every :data:`RESUME_FIXED` key that differs.
+
+    ``previous``: the run's ``config.yaml`` as read; keys it lacks (written by an older pathseg) take their
+    defaults. A key absent on one side shows as ``"(not set)"``.
+    """
+    try:
+        prev = _build(Config, previous, "").to_dict()
+    except ConfigError:  # written by another pathseg version: compare what is there
+        prev = _merge(Config().to_dict(), previous)
+    a, b = _flatten(prev), _flatten(cfg.to_dict())
+    unset = "(not set)"
+    keys = dict.fromkeys([*b, *a])  # in the config's order
+    return [(k, a.get(k, unset), b.get(k, unset)) for k in keys
+            if _fixed(k) and not _same(k, a.get(k, unset), b.get(k, unset))]
+
+
+def check_resume(config_file: str | Path, cfg: Config) -> None:
+    """Refuse to resume the run whose resolved config is ``config_file`` with other :data:`RESUME_FIXED` values.
+
+    Raises :class:`ConfigError` naming each differing key with both values; nothing is written.
+    """
+    path = Path(config_file)
+    if not path.is_file():
+        return
+    try:
+        previous = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return
+    if not isinstance(previous, dict):
+        return
+    diffs = resume_differences(previous, cfg)
+    if diffs:
+        listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diffs)
+        raise ConfigError(
+            f"trainer.out={cfg.trainer.out} holds a run to resume (checkpoints/last.ckpt) trained with other "
+            f"settings ({path}): {listed}. Resuming needs the same values: pass those, choose another "
+            f"trainer.out, or set trainer.resume=false to train from step 0 in this folder (its checkpoints and "
+            f"metrics are overwritten)"
+        )
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -191,6 +304,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set_dotted(raw, key.strip(), parsed)
     where = str(path) if path else "config"
     try:
-        return _build(Config, raw, "")
+        return check_values(_build(Config, raw, ""))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

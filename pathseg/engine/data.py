@@ -9,6 +9,7 @@ per process (global batch = batch_size × devices × nodes).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -19,14 +20,38 @@ from pathseg.data.base import DATASETS, SegmentationDataset
 from pathseg.data.sample import collate
 from pathseg.engine.config import Config
 from pathseg.engine.distributed import GlobalBatchSampler, ShardSampler
-from pathseg.errors import DataError
+from pathseg.errors import ConfigError, DataError
+from pathseg.registry import did_you_mean
 
 
-def build_dataset(cfg: Config, split: str) -> SegmentationDataset:
-    """Instantiate the configured dataset adapter for ``split``."""
+def check_dataset_options(cfg: Config) -> type[SegmentationDataset]:
+    """The configured adapter class, once ``data.dataset`` and every ``data.options`` key are known to it.
+
+    Raises :class:`~pathseg.errors.ConfigError` with a "did you mean" and the valid options for a key the
+    adapter's constructor does not take (an adapter taking ``**kwargs`` accepts any).
+    """
     import pathseg.data  # noqa: F401  (registers adapters)
 
     cls = DATASETS.get(cfg.data.dataset)
+    if not isinstance(cfg.data.options, dict):
+        raise ConfigError(f"data.options: expected a mapping of {cfg.data.dataset} options, got {cfg.data.options!r}")
+    params = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return cls
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "split"]
+    for key in cfg.data.options:
+        if key == "split":
+            raise ConfigError("data.options.split: the split is data.train_split / data.val_split; "
+                              "remove split from data.options")
+        if key not in valid:
+            raise ConfigError(f"data.options: dataset {cfg.data.dataset!r} has no option {key!r}."
+                              f"{did_you_mean(str(key), valid)} Valid options: {', '.join(valid) or '(none)'}")
+    return cls
+
+
+def build_dataset(cfg: Config, split: str) -> SegmentationDataset:
+    """Instantiate the configured dataset adapter for ``split`` (options checked by :func:`check_dataset_options`)."""
+    cls = check_dataset_options(cfg)
     kwargs = dict(cfg.data.options)
     if cfg.data.root is not None:
         kwargs["root"] = cfg.data.root
