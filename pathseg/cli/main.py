@@ -27,7 +27,10 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except PathsegError as e:
-            console.print(f"[bold red]error:[/] {e}")
+            from rich.markup import escape
+
+            # one line, whatever the terminal width; names like "x-[1 0 0 1].png" are not rich markup
+            console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished outputs are kept; run the same command again to resume")
