@@ -134,7 +134,9 @@ def write(rows: list[dict]) -> None:
              "weights could not be used): the rows give the cost a user with the weights pays, not what the weights "
              "buy. U-Net decoder over a 4-block ViTDet-style pyramid, 3 classes, 2 threads, one process per row "
              f"(peak RSS is that process's). Forward: batch 1 at {FORWARD_TILE} px in inference mode. Training step: "
-             f"batch 2 at {TRAIN_TILE} px, AdamW, cross-entropy; modes as `model.options.mode`.", "",
+             f"batch 2 at {TRAIN_TILE} px, AdamW, cross-entropy; modes as `model.options.mode`. The committed rows "
+             "were measured while other jobs shared the 2 cores (load average 2-6), so the seconds are upper bounds; "
+             "`trainable` counts decoder parameters too.", "",
              "| encoder | params (M) | mode | trainable (M) | s per call | peak RSS (GB) | note |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
