@@ -59,7 +59,7 @@ def main() -> int:
     import torch
 
     from pathseg.data.synth import write_synthetic_slide
-    from pathseg.engine.checkpoint import save_model_checkpoint
+    from pathseg.models.checkpoint import save_model_checkpoint
     from pathseg.io.files import write_image
     from pathseg.models import create_model
 

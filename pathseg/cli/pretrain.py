@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Pretrain encoders without labels and write their .safetensors + encoder.json; rerun to resume."""
         import pathseg.methods  # noqa: F401  (registers the methods)
         from pathseg.engine.config import load_config
-        from pathseg.methods.ssl.pretrain import pretrain as run_pretrain
+        from pathseg.engine.pretrain import pretrain as run_pretrain
 
         cfg = load_config(config, overrides)
         res = run_pretrain(cfg)

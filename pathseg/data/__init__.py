@@ -10,6 +10,6 @@ Example:
 
 from pathseg.data import bcss, folder, glas, monuseg, patch_labels, patches, synth, wsss  # noqa: F401  (register the adapters)
 from pathseg.data.base import DATASETS, SegmentationDataset, shared_data_root
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 __all__ = ["DATASETS", "IGNORE_INDEX", "Sample", "SegmentationDataset", "make_sample", "shared_data_root"]

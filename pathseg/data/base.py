@@ -1,13 +1,13 @@
-"""Dataset base class and registry. Every adapter returns :class:`pathseg.data.sample.Sample` dicts."""
+"""Dataset base class and registry. Every adapter returns :class:`pathseg.sample.Sample` dicts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from pathseg.data.sample import Sample
 from pathseg.errors import DatasetNotFoundError
 from pathseg.registry import Registry
+from pathseg.sample import Sample
 
 DATASETS: Registry = Registry("dataset")
 

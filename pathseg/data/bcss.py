@@ -56,9 +56,9 @@ import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
 from pathseg.data.monuseg import tcga_site
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import DataError
 from pathseg.io.files import list_images, read_image
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 BCSS_RAW_CLASSES = [
     "outside_roi", "tumor", "stroma", "lymphocytic_infiltrate", "necrosis_or_debris", "glandular_secretions",

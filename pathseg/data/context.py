@@ -35,36 +35,13 @@ from typing import Any
 import numpy as np
 
 from pathseg.data.base import SegmentationDataset
-from pathseg.data.sample import IGNORE_INDEX
-from pathseg.engine.data import TensorView
+from pathseg.engine.data import TensorView  # upward: see tests/test_layers.py, ALLOWED_UPWARD
 from pathseg.errors import ConfigError
+from pathseg.io.tiling import context_start, reflect_index  # noqa: F401  (the pair geometry; names kept here)
+from pathseg.sample import IGNORE_INDEX
 
 RATIOS = (2, 4, 8, 16)
 CROPS = ("random_crop",)
-
-
-def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
-    """Map pixel indices (any integers) into ``0..n-1`` by mirror reflection about the edge pixels.
-
-    The same indexing as ``numpy.pad(a, p, mode="reflect")`` for any pad width (period ``2(n-1)``).
-
-    Shape: idx (...,) int -> (...,) int64.
-
-    Example:
-        >>> reflect_index(np.arange(-3, 7), 4).tolist()
-        [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
-    """
-    idx = np.asarray(idx, dtype=np.int64)
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    m = np.abs(idx) % period
-    return np.where(m >= n, period - m, m)
-
-
-def context_start(y0: int, size: int, ratio: int) -> int:
-    """First full-resolution row (or column) of the context region around the target ``[y0, y0+size)``."""
-    return y0 + size // 2 - size * ratio // 2
 
 
 def check_geometry(size: int, ratio: int) -> None:

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import DatasetNotFoundError, DataError
 from pathseg.io.annotations import rasterize_geojson, read_geojson
 from pathseg.io.files import IMAGE_SUFFIXES, list_images, read_image
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 
 def read_index_mask(path: Path) -> np.ndarray:

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import Sample, make_sample
 from pathseg.errors import DataError
 from pathseg.io.files import read_image
+from pathseg.sample import Sample, make_sample
 
 GRADES = ("benign", "malignant")
 GLAS_NOMINAL_MPP = 0.62

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import Sample, make_sample
 from pathseg.errors import DataError
 from pathseg.io.annotations import rasterize_polygons, read_aperio_xml
 from pathseg.io.files import list_images, read_image
+from pathseg.sample import Sample, make_sample
 
 MONUSEG_NOMINAL_MPP = 0.25
 """µm/px used when an image has no XML ``MicronsPerPixel`` (MoNuSeg tiles are 40x)."""

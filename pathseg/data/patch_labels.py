@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import ConfigError, DataError
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 
 def presence_labels(mask: np.ndarray, num_classes: int, min_fraction: float = 0.05,
@@ -125,8 +125,7 @@ class PatchLabelDataset(SegmentationDataset):
             )
         if holdout is not None and not 0 < holdout < 1:
             raise ConfigError(f"patch_labels: holdout is a fraction of the images in (0, 1), got {holdout}")
-        import pathseg.data  # noqa: F401  (registers the base adapters)
-
+        # the base adapters are registered: importing this module ran pathseg/data/__init__.py first
         base_cls = DATASETS.get(dataset)
         base_opts = dict(options or {})
         if root is not None:

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import ConfigError, DataError
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 __all__ = [
     "REGIMES",

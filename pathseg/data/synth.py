@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import Sample, make_sample
 from pathseg.errors import ConfigError
+from pathseg.sample import Sample, make_sample
 
 __all__ = [
     "CLASS_NAMES",

@@ -45,9 +45,9 @@ import numpy as np
 
 from pathseg.data.base import DATASETS, SegmentationDataset
 from pathseg.data.bcss import parse_bcss_name
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import DataError
 from pathseg.io.files import list_images, read_image
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 # the trailing bracket of a training patch name: "[1101]" (BCSS-WSSS) or "[1 0 0 1]" (LUAD-HistoSeg)
 _LABELS = re.compile(r"\[([01]+|[01](?: [01])+)\]$")

@@ -67,6 +67,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9  # lr_t = lr * (1 - t / T) ** power
+    layer_decay: float | None = None  # ViT encoders: block l of d trains at lr * decay ** (d + 1 - l); None = off
 
 
 @dataclass

@@ -8,8 +8,8 @@ pathseg's, because they live outside the parameters:
   batch B see exactly the samples, in the same order and with the same augmentations, that one process
   with batch N·B sees;
 - validation is sharded without padding (:class:`ShardSampler`) and the confusion matrices are summed
-  across ranks (:func:`all_reduce_sum`): one matrix, never a mean of per-rank metrics;
-- memory banks push the features of every rank (:func:`all_gather_cat`), as MoCo-style queues do;
+  across ranks (:func:`~pathseg.collectives.all_reduce_sum`): one matrix, never a mean of per-rank metrics;
+- memory banks push the features of every rank (:func:`~pathseg.collectives.all_gather_cat`), as MoCo-style queues do;
 - batch-norm statistics over the global batch on CPU processes too (:class:`AllReduceBatchNorm`;
   PyTorch's SyncBatchNorm accepts GPU tensors only).
 
@@ -27,41 +27,7 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import nn
 from torch.utils.data import Sampler
 
-
-def rank_world() -> tuple[int, int]:
-    """(global rank, world size) of this process; (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-@torch.no_grad()
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` (M_r, ...) from every rank along dim 0, in rank order; sizes M_r may differ.
-
-    Shape: (M_r, *S) on rank r -> (Σ_r M_r, *S) on every rank. Detached (used for memory banks).
-    """
-    _, world = rank_world()
-    if world == 1:
-        return t.detach()
-    t = t.detach().contiguous()
-    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.long, device=t.device))
-    n = [int(s.item()) for s in sizes]
-    pad = t.new_zeros((max(n) - t.shape[0], *t.shape[1:]))
-    parts = [t.new_empty((max(n), *t.shape[1:])) for _ in range(world)]
-    dist.all_gather(parts, torch.cat([t, pad]))
-    return torch.cat([p[:k] for p, k in zip(parts, n)])
-
-
-def all_reduce_sum(a: np.ndarray) -> np.ndarray:
-    """Element-wise sum of an integer array over all ranks (e.g. confusion matrices)."""
-    _, world = rank_world()
-    if world == 1:
-        return a
-    t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64 if a.dtype.kind == "f" else torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.numpy().astype(a.dtype)
+from pathseg.collectives import all_gather_cat, all_reduce_sum, rank_world  # noqa: F401  (re-exported)
 
 
 class GlobalBatchSampler(Sampler):

@@ -19,6 +19,10 @@ Paired sampling (:class:`PairSpec`, :func:`paired_grid`): one context tile at a 
 targets), for HookNet-style models and the self-supervised methods. Context tiles at the slide's
 border extend past it and are padded white.
 
+Concentric context geometry (:func:`context_start`, :func:`reflect_index`): where the context region of a
+target crop starts and how indices past an image's edge are mirrored -- shared by HookNet's training pairs
+(:mod:`pathseg.data.context`) and its whole-image inference (:meth:`pathseg.models.hooknet.HookNet.segment`).
+
 Example:
     >>> cfg = TilingConfig(tile=512, overlap=0.5, mpp=0.5, min_tissue=0.1)
     >>> tiles = grid_tiles(slide, cfg, tissue=detect_tissue(slide))
@@ -251,3 +255,32 @@ def iter_pairs(slide, spec: PairSpec, *, tissue=None) -> Iterator[dict[str, np.n
     """Read every pair of :func:`paired_grid` in turn."""
     for pair in paired_grid(slide, spec, tissue=tissue):
         yield read_pair(slide, spec, pair)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# concentric context geometry (HookNet training pairs in pathseg.data.context, whole-image inference in
+# pathseg.models.hooknet): index arithmetic only, so the model needs neither the datasets nor the trainer
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map pixel indices (any integers) into ``0..n-1`` by mirror reflection about the edge pixels.
+
+    The same indexing as ``numpy.pad(a, p, mode="reflect")`` for any pad width (period ``2(n-1)``).
+
+    Shape: idx (...,) int -> (...,) int64.
+
+    Example:
+        >>> reflect_index(np.arange(-3, 7), 4).tolist()
+        [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = np.abs(idx) % period
+    return np.where(m >= n, period - m, m)
+
+
+def context_start(y0: int, size: int, ratio: int) -> int:
+    """First full-resolution row (or column) of the context region around the target ``[y0, y0+size)``."""
+    return y0 + size // 2 - size * ratio // 2

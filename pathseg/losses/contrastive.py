@@ -107,7 +107,7 @@ class MemoryBank(nn.Module):
     @torch.no_grad()
     def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Append the newest features; under data-parallel training those of every rank, in rank order."""
-        from pathseg.engine.distributed import all_gather_cat
+        from pathseg.collectives import all_gather_cat
 
         features, labels = all_gather_cat(features), all_gather_cat(labels)
         if self.size == 0 or features.shape[0] == 0:

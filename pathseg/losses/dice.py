@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pathseg.data.sample import IGNORE_INDEX
+from pathseg.sample import IGNORE_INDEX
 
 
 def dice_loss(

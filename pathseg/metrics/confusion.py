@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pathseg.data.sample import IGNORE_INDEX
+from pathseg.sample import IGNORE_INDEX
 
 
 def confusion_matrix(

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathseg.data.sample import IGNORE_INDEX
 from pathseg.metrics.confusion import confusion_matrix, metrics_from_confusion
+from pathseg.sample import IGNORE_INDEX
 
 __all__ = ["bach_score", "bach_score_from_confusion", "foreground_accuracy", "segcls_metrics"]
 

@@ -21,7 +21,8 @@ issue 15, whose options do not name ``hook_conv``) switch the model to their lay
 :func:`hook_box` gives the crop in hooked-map pixels and :func:`centre_crop` applies it. HookNet takes two
 inputs, so it does not fit :class:`SegModel`; :func:`create_hooknet` builds it, with encoder weights from
 a pretraining export (``weights`` for the target branch, ``context_weights`` for the context branch), and
-the ``hooknet`` method fine-tunes it on ``{"image": target, "context": context, "mask": ...}`` batches.
+the ``hooknet`` method (:mod:`pathseg.methods.ssl.hooknet`) fine-tunes it on ``{"image": target, "context":
+context, "mask": ...}`` batches.
 
 In the model registry (``create_model("hooknet", encoder=, num_classes=, weights=, ratio=, context_weights=,
 tile=, hook_conv=)``, i.e. ``model.name=hooknet`` with ``model.options``), so ``pathseg train`` / ``evaluate`` and
@@ -55,7 +56,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathseg.errors import ConfigError
-from pathseg.methods.base import METHODS, Method
 
 DECODER_CHANNELS = (256, 128, 64, 32)  # strides 16, 8, 4, 2
 STRIDES = (16, 8, 4, 2)
@@ -129,7 +129,7 @@ class HookNet(nn.Module):
     def __init__(self, encoder: str = "resnet18", num_classes: int = 2, ratio: int = 4, tile: int = 256,
                  hook_conv: bool = False) -> None:
         super().__init__()
-        from pathseg.models import create_model
+        from pathseg.models.factory import create_model
 
         hook_box(64, 64, ratio)  # validates ratio
         if int(tile) < 64 or int(tile) % 64:
@@ -199,7 +199,7 @@ class HookNet(nn.Module):
 
         Shape: image (B, 3, H, W) normalised, any H, W -> (B, K, H, W).
         """
-        from pathseg.data.context import context_start, reflect_index
+        from pathseg.io.tiling import context_start, reflect_index
 
         b, _, h, w = image.shape
         t, r = self.tile, self.ratio
@@ -257,47 +257,3 @@ def build_hooknet(*, encoder: str = "resnet18", num_classes: int = 2, weights: s
             raise ConfigError(f"model hooknet: unknown option {key!r}.{did_you_mean(key, valid)} "
                               f"Valid options: {', '.join(valid)}")
     return create_hooknet(encoder, num_classes=num_classes, weights=weights, **options)
-
-
-@METHODS.register("hooknet")
-class HookNetMethod(Method):
-    """Fine-tunes a :class:`HookNet` on ``{"image": target, "context": context, "mask": target mask,
-    ["context_mask"]}``; ``context_weight`` λ_c = 0 (as published) counts only the target loss.
-
-    Validation on whole images goes through ``model(image)`` (:meth:`HookNet.segment`); batches that carry
-    their own ``context`` are scored on the pair.
-    """
-
-    def __init__(self, model: HookNet, *, context_weight: float = 0.0, **kw: Any) -> None:
-        if not isinstance(model, HookNet):
-            raise ConfigError(f"method hooknet fine-tunes a HookNet; set model.name=hooknet "
-                              f"(got model {getattr(model, 'name', type(model).__name__)!r})")
-        super().__init__(model, **kw)
-        self.context_weight = float(context_weight)
-
-    def _check_pairs(self, batch: dict[str, Any]) -> None:
-        if "context" not in batch:
-            raise ConfigError(f"method hooknet trains on target/context pairs: set data.context={{ratio: "
-                              f"{self.model.ratio}}} (the model's ratio, model.options.ratio)")
-        got = batch.get("context_ratio")
-        if got is not None and int(got.reshape(-1)[0]) != self.model.ratio:
-            raise ConfigError(f"data.context.ratio={int(got.reshape(-1)[0])} but the model was built with "
-                              f"ratio={self.model.ratio} (model.options.ratio); set both to the same value")
-
-    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        self._check_pairs(batch)
-        out = self.model(self._fmt(batch["image"]), self._fmt(batch["context"]))
-        lt = self.supervised_loss(out["target"], batch["mask"])
-        res = {"loss/target": lt}
-        total = lt
-        if self.context_weight > 0 and "context_mask" in batch:
-            lc = self.supervised_loss(out["context"], batch["context_mask"])
-            res["loss/context"] = lc
-            total = total + self.context_weight * lc
-        return {"loss": total, **res}
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if "context" not in batch:  # whole images: tiled by HookNet.segment through model(image)
-            return super().validation_step(batch, batch_idx)
-        logits = self.model(self._fmt(batch["image"]), self._fmt(batch["context"]))["target"]
-        self.val_metrics.update(batch["mask"], logits.argmax(1), batch.get("valid"))

@@ -1,7 +1,7 @@
 """Paired geometric transforms, the transform registry, ``Compose`` and ``to_tensor``.
 
 A transform is a callable ``t(sample, rng) -> sample`` on the sample dict of
-:mod:`pathseg.data.sample`. It draws its randomness from ``rng`` once per call and applies the
+:mod:`pathseg.sample`. It draws its randomness from ``rng`` once per call and applies the
 same geometry to every spatial key:
 
 =========== ============================= ===================================
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pathseg.data.sample import IGNORE_INDEX
 from pathseg.errors import ConfigError
 from pathseg.registry import Registry
+from pathseg.sample import IGNORE_INDEX
 
 __all__ = [
     "TRANSFORMS",
@@ -339,4 +339,4 @@ def to_tensor(sample: dict, *, keep_meta: bool = True) -> dict:
 
 
 to_tensors = to_tensor
-"""Alias of :func:`to_tensor` (the name :func:`pathseg.data.sample.collate` refers to)."""
+"""Alias of :func:`to_tensor` (the name :func:`pathseg.sample.collate` refers to)."""

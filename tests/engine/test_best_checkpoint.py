@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pathseg.engine import train as train_mod
-from pathseg.engine.checkpoint import load_model
+from pathseg.models.checkpoint import load_model
 from pathseg.engine.config import load_config
 from pathseg.errors import ConfigError
 from pathseg.methods import METHODS

@@ -98,7 +98,7 @@ def test_fused_adam_makes_the_hand_computed_first_step(name):
 
 
 def test_model_options_reach_the_builder_and_the_checkpoint(tmp_path):
-    from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+    from pathseg.models.checkpoint import load_model, save_model_checkpoint
     from pathseg.engine.train import build_method
 
     cfg = load_config(None, ["model.options={decoder_channels: [64, 32, 16, 16, 8]}"])

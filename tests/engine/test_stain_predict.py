@@ -18,7 +18,7 @@ from wsi_helpers import ColourModel, colour_info  # noqa: E402
 
 from pathseg.cli.main import app  # noqa: E402
 from pathseg.data.synth import render_region  # noqa: E402
-from pathseg.engine.checkpoint import load_model, save_model_checkpoint  # noqa: E402
+from pathseg.models.checkpoint import load_model, save_model_checkpoint  # noqa: E402
 from pathseg.inference.images import predict_images  # noqa: E402
 from pathseg.errors import DataError  # noqa: E402
 from pathseg.inference.backends import TorchBackend  # noqa: E402

@@ -55,7 +55,7 @@ def hooknet(ratio: int = 2, tile: int = 128):
 
 
 def info() -> dict:
-    from pathseg.engine.checkpoint import model_info
+    from pathseg.models.checkpoint import model_info
 
     return model_info(hooknet(), TWO_CLASSES, mpp=MPP)
 
@@ -107,7 +107,7 @@ def test_slide_prediction_matches_hooknet_on_the_whole_image(slide_path, image, 
 
 def test_a_hooknet_checkpoint_predicts_a_slide_through_the_cli_with_auto_backend(tmp_path):
     from pathseg.cli.main import app
-    from pathseg.engine.checkpoint import save_model_checkpoint
+    from pathseg.models.checkpoint import save_model_checkpoint
 
     slide = synthetic_slide(tmp_path / "s", 1024, seed=1, truth=False)[0]  # pyramidal: `predict` treats it as a slide
     ckpt = save_model_checkpoint(tmp_path / "hook.ckpt", hooknet(ratio=2, tile=128), TWO_CLASSES, mpp=2.0)

@@ -327,7 +327,7 @@ def test_overlays_have_a_class_colour_legend(ckpt, tmp_path):
     ov = read_image(tmp_path / "o" / "t_overlay.png")
     assert ov.shape[0] > 64 and ov.shape[1] >= 240  # the legend strip below the image
     strip = ov[64:]
-    from pathseg.engine.checkpoint import load_model
+    from pathseg.models.checkpoint import load_model
 
     info = load_model(ckpt)[1]
     for color in info["colors"]:  # each class has its swatch

@@ -53,7 +53,7 @@ def whole_image_probs(backend: TorchBackend, image: np.ndarray) -> np.ndarray:
 
 def tiny_checkpoint(path: Path, *, mpp: float | None = 2.0, num_classes: int = 2) -> Path:
     """A random U-Net/ResNet-18 pathseg checkpoint (for CLI and ONNX tests)."""
-    from pathseg.engine.checkpoint import save_model_checkpoint
+    from pathseg.models.checkpoint import save_model_checkpoint
     from pathseg.models import create_model
 
     torch.manual_seed(0)

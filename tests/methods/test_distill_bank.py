@@ -65,7 +65,7 @@ def test_nuclei_no_expert_outline_covers_are_unknown_and_not_fine_tuned_on(tmp_p
 def stain_setup(tmp_path_factory):
     """A random tiny U-Net saved with a fitted Macenko state, an image of another centre, a cell classifier."""
     from pathseg.data.synth import render_region
-    from pathseg.engine.checkpoint import save_model_checkpoint
+    from pathseg.models.checkpoint import save_model_checkpoint
     from pathseg.methods.distill.cells import _save_classifier
     from pathseg.methods.distill.rccnet import create_classifier
     from pathseg.models import create_model

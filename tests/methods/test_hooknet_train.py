@@ -16,8 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from pathseg.data.context import ContextView, cut_pair, parse_context
-from pathseg.data.sample import IGNORE_INDEX
-from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+from pathseg.sample import IGNORE_INDEX
+from pathseg.models.checkpoint import load_model, save_model_checkpoint
 from pathseg.errors import ConfigError
 from pathseg.models import create_model
 from pathseg.models.hooknet import HookNet
@@ -258,7 +258,7 @@ def test_cli_fine_tunes_hooknet_from_a_dsf_export_then_evaluates_and_predicts(tm
     assert abs(scores["mIoU"] - rows[-1]["mIoU"]) < 1e-6  # the same weights score the same as the last validation
 
     from pathseg.data.synth import SyntheticHE
-    from pathseg.engine.predict_images import predict_images
+    from pathseg.inference.images import predict_images
     from pathseg.io.files import write_image
 
     img = SyntheticHE(n_images=1, size=96, task="nuclei", split="test")[0]["image"]

@@ -42,7 +42,7 @@ def test_s_plus_c_trains_through_the_cli(tmp_path):
     shares = [float(r["train/batch/cls_share"]) for r in logged if r.get("train/batch/cls_share")]
     assert shares and max(shares) > 0  # classification patches were in the batches
 
-    from pathseg.engine.checkpoint import load_model
+    from pathseg.models.checkpoint import load_model
     from pathseg.models.segcls import segcls_forward
 
     model, info = load_model(tmp_path / "model.ckpt")

@@ -15,7 +15,7 @@ from pathseg.data.patches import (
     segmentation_ids,
     split_count,
 )
-from pathseg.data.sample import IGNORE_INDEX
+from pathseg.sample import IGNORE_INDEX
 
 
 def test_one_centre_per_component_at_its_centroid():

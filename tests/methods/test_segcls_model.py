@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import pathseg.methods  # noqa: F401  (registers model, method and dataset)
-from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+from pathseg.models.checkpoint import load_model, save_model_checkpoint
 from pathseg.methods.segcls import SegCls, inverse_frequency_weights
 from pathseg.models import SegModel, create_model
 from pathseg.models.segcls import segcls_forward

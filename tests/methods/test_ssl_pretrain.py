@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from pathseg.data.synth import write_synthetic_slide
 from pathseg.engine.config import load_config
 from pathseg.errors import ConfigError
-from pathseg.methods.ssl.pretrain import pretrain
+from pathseg.engine.pretrain import pretrain
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

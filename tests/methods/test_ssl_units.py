@@ -270,7 +270,7 @@ def test_hook_concatenates_straight_into_the_target_decoder():
 
 
 def test_hook_conv_option_keeps_the_old_layer_and_old_checkpoints_still_load(tmp_path):
-    from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+    from pathseg.models.checkpoint import load_model, save_model_checkpoint
 
     torch.manual_seed(0)
     old = create_model("hooknet", encoder="resnet18", num_classes=2, ratio=4, tile=64, hook_conv=True)

@@ -30,7 +30,7 @@ def test_phase1_pseudo_masks_phase2_gate_evaluate(tmp_path):
     assert res.exit_code == 0, res.output
     row = json.loads((p1 / "metrics.json").read_text())[-1]
     assert 0 <= row["mIoU"] <= 1 and 0 <= row["cls_accuracy"] <= 1
-    from pathseg.engine.checkpoint import load_model
+    from pathseg.models.checkpoint import load_model
 
     sel = load_model(p1 / "model.ckpt")[1]["selection"]
     assert (sel["metric"], sel["step"]) == ("val/cls_accuracy", 2)

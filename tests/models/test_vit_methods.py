@@ -64,7 +64,7 @@ def test_a_vit_checkpoint_predicts_a_slide_with_torch_and_onnx_alike(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
     from wsi_fixtures import synthetic_slide
 
-    from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+    from pathseg.models.checkpoint import load_model, save_model_checkpoint
     from pathseg.inference.backends import load_backend
     from pathseg.inference.predictor import PredictConfig, SlidePredictor
     from pathseg.models import create_model
@@ -87,3 +87,20 @@ def test_a_vit_checkpoint_predicts_a_slide_with_torch_and_onnx_alike(tmp_path):
     assert maps["torch"].shape == (256, 256)
     assert (maps["torch"] == maps["onnx"]).mean() > 0.999
     assert np.unique(maps["torch"]).size >= 1
+
+
+def test_optim_layer_decay_gives_each_vit_block_its_published_rate():
+    cfg = load_config(CONFIGS / "monuseg_supervised.yaml", [f"model.encoder={VIT}", TINY, "optim.name=adamw",
+                                                            "optim.lr=0.001", "optim.layer_decay=0.5"])
+    m = build_method(cfg, ["background", "nucleus"], None)
+    m._trainer = SimpleNamespace(max_steps=10)
+    opt = m.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(m.named_parameters())
+    d = 4  # blocks of the tiny ViT: block i is layer i + 1, the decoder is at the full rate
+    for i in range(d):
+        p = next(v for k, v in named.items() if f"vit.blocks.{i}." in k and k.endswith("qkv.weight"))
+        assert lr_of[id(p)] == pytest.approx(0.001 * 0.5 ** (d + 1 - (i + 1)))
+    head = named["model.classifier.weight"]
+    assert lr_of[id(head)] == pytest.approx(0.001)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in m.parameters())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathseg.data.sample import IGNORE_INDEX
+from pathseg.sample import IGNORE_INDEX
 from pathseg.errors import ConfigError, UnknownNameError
 from pathseg.transforms import (
     TRANSFORMS,

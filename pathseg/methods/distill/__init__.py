@@ -10,7 +10,7 @@ Commands: ``pathseg train`` (phase I), ``pathseg cell-bank``, ``pathseg distill`
 (:mod:`pathseg.cli.distill`).
 """
 
-from pathseg.methods.distill import nuclei  # noqa: F401  (registers nuclei_dice, unet_tconv, nuclei_patches)
+from pathseg.methods.distill import nuclei  # noqa: F401  (registers nuclei_dice, nuclei_patches)
 from pathseg.methods.distill.rccnet import CLASSIFIERS, RCCNet, SmallResNet18, create_classifier
 
 __all__ = ["CLASSIFIERS", "RCCNet", "SmallResNet18", "create_classifier"]

@@ -41,11 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from pathseg.errors import ConfigError, DataError
+from pathseg.transforms.paired import IMAGENET_MEAN, IMAGENET_STD
 
 from .rccnet import create_classifier
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,7 +175,7 @@ class NucleusSegmenter:
 
     @classmethod
     def load(cls, checkpoint: str | Path, *, stain_norm: bool = True) -> "NucleusSegmenter":
-        from pathseg.engine.checkpoint import load_model
+        from pathseg.models.checkpoint import load_model
         from pathseg.transforms.stain import normalizer_from_state
 
         model, info = load_model(checkpoint)
@@ -438,7 +436,7 @@ class DistillConfig:
         """From a YAML file (sections teacher, student, finetune) and ``key=value`` overrides."""
         import yaml
 
-        from pathseg.engine.config import _build, _set_dotted, read_yaml
+        from pathseg.engine.config import _build, _set_dotted, read_yaml  # upward: tests/test_layers.py ALLOWED_UPWARD
 
         raw = read_yaml(path) if path else {}
         for item in overrides or []:

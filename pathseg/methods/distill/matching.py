@@ -229,7 +229,7 @@ def cells_to_features(
     """
     import cv2
 
-    from pathseg.engine.checkpoint import default_colors
+    from pathseg.models.checkpoint import default_colors
 
     colors = colors or default_colors(len(class_names))
     feats: list[dict[str, Any]] = []

@@ -4,9 +4,9 @@ Three pieces, each registered so a YAML config picks them by name (``configs/dis
 
 * method ``nuclei_dice``: ``L = L_dice (+ ce_weight · L_ce)``, with dropout (p = ``dropout``, 0.3 as
   published) on the decoder's feature map before the 1x1 classifier during training only;
-* models ``unet_tconv`` and ``unetplusplus_tconv``: smp U-Net / U-Net++ whose decoder blocks upsample
-  with a learned 2x2 stride-2 transposed convolution instead of nearest interpolation (the published
-  option "upsampling by transposed convolution");
+* models ``unet_tconv`` and ``unetplusplus_tconv`` (:mod:`pathseg.models.tconv`, registered with every model
+  family): smp U-Net / U-Net++ whose decoder blocks upsample with a learned 2x2 stride-2 transposed
+  convolution instead of nearest interpolation (the published option "upsampling by transposed convolution");
 * dataset ``nuclei_patches``: several nuclei datasets trained together (e.g. MoNuSeg and the
   synthetic set), each image cut into ``patch`` x ``patch`` tiles without overlap, the last row/column
   zero-padded (image 0, mask background; ``pad_mask_ignore`` scores the padding as ignore instead),
@@ -27,14 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import ConfigError
 from pathseg.losses.dice import dice_loss
 from pathseg.methods.base import METHODS, Method
-from pathseg.models.factory import DECODERS
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 
 @METHODS.register("nuclei_dice")
@@ -65,89 +63,6 @@ class NucleiDice(Method):
             total = total + self.ce_weight * ce
         out["loss"] = total
         return out
-
-
-# ------------------------------------------------------------------------------------------------
-# transposed-convolution upsampling
-
-
-class _TConvUp(nn.Module):
-    """Learned 2x upsampling (2x2 transposed conv, stride 2), resized to the skip's size when odd."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        y = self.conv(x)
-        if size is not None and tuple(y.shape[-2:]) != tuple(size):
-            y = F.interpolate(y, size=size, mode="nearest")
-        return y
-
-
-def _with_transposed_upsampling(net: nn.Module) -> nn.Module:
-    """Give every smp U-Net / U-Net++ decoder block a transposed-conv ``up`` and use it in ``forward``."""
-    from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoderBlock
-    from segmentation_models_pytorch.decoders.unetplusplus.decoder import DecoderBlock as UppBlock
-
-    blocks = [m for m in net.decoder.modules() if isinstance(m, (UnetDecoderBlock, UppBlock))]
-    blocks = [b for b in blocks if getattr(b, "conv1", None) is not None]
-    channels: dict[int, int] = {}
-    hooks = [b.register_forward_pre_hook(lambda m, args, kw=None: channels.__setitem__(id(m), int(args[0].shape[1])))
-             for b in blocks]
-    was = net.training
-    net.eval()
-    with torch.no_grad():
-        net(torch.zeros(1, 3, 64, 64))
-    net.train(was)
-    for h in hooks:
-        h.remove()
-    for b in blocks:
-        b.up = _TConvUp(channels[id(b)])
-        b.__class__ = _UnetTBlock if isinstance(b, UnetDecoderBlock) else _UppTBlock
-    return net
-
-
-def _unet_block_forward(self, feature_map, target_height, target_width, skip_connection=None):
-    feature_map = self.up(feature_map, (target_height, target_width))
-    if skip_connection is not None:
-        feature_map = torch.cat([feature_map, skip_connection], dim=1)
-        feature_map = self.attention1(feature_map)
-    return self.attention2(self.conv2(self.conv1(feature_map)))
-
-
-def _upp_block_forward(self, x, skip=None):
-    x = self.up(x, None if skip is None else tuple(skip.shape[-2:]))
-    if skip is not None:
-        x = torch.cat([x, skip], dim=1)
-        x = self.attention1(x)
-    return self.attention2(self.conv2(self.conv1(x)))
-
-
-def _block_classes() -> tuple[type, type]:
-    from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoderBlock
-    from segmentation_models_pytorch.decoders.unetplusplus.decoder import DecoderBlock as UppBlock
-
-    a = type("UnetTConvBlock", (UnetDecoderBlock,), {"forward": _unet_block_forward})
-    b = type("UnetPlusPlusTConvBlock", (UppBlock,), {"forward": _upp_block_forward})
-    return a, b
-
-
-_UnetTBlock, _UppTBlock = _block_classes()
-
-
-def _smp_tconv(kind: str):
-    def build(**kw: Any) -> nn.Module:
-        import segmentation_models_pytorch as smp
-
-        return _with_transposed_upsampling((smp.Unet if kind == "unet" else smp.UnetPlusPlus)(**kw))
-
-    return build
-
-
-for _name, _kind in (("unet_tconv", "unet"), ("unetplusplus_tconv", "unetplusplus")):
-    if _name not in DECODERS:
-        DECODERS.register(_name, _smp_tconv(_kind))
 
 
 # ------------------------------------------------------------------------------------------------

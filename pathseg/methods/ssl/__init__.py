@@ -7,9 +7,9 @@ Importing this package registers ``simsiam``, ``dsf`` and ``hooknet`` in ``METHO
 """
 
 from pathseg.methods.ssl.dsf import CTFM, DSF, draw_jigsaw, kept_targets, masked_jigsaw
+from pathseg.methods.ssl.hooknet import HookNetMethod
 from pathseg.methods.ssl.simsiam import (PredictionMLP, ProjectionMLP, SimSiam, SimSiamHead, SSLMethod,
                                          scaled_lr)
-from pathseg.models import hooknet as _hooknet  # noqa: F401  (registers the "hooknet" method)
 
-__all__ = ["CTFM", "DSF", "PredictionMLP", "ProjectionMLP", "SSLMethod", "SimSiam", "SimSiamHead", "draw_jigsaw",
-           "kept_targets", "masked_jigsaw", "scaled_lr"]
+__all__ = ["CTFM", "DSF", "HookNetMethod", "PredictionMLP", "ProjectionMLP", "SSLMethod", "SimSiam", "SimSiamHead",
+           "draw_jigsaw", "kept_targets", "masked_jigsaw", "scaled_lr"]

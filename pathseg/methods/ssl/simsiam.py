@@ -127,7 +127,7 @@ class SSLMethod(Method):
     """Shared pieces of the pretraining methods: encoders to export, the learning-rate rule, head batch checks.
 
     Args:
-        batch_size: pairs a step per process (``data.batch_size``; :func:`pathseg.methods.ssl.pretrain.pretrain`
+        batch_size: pairs a step per process (``data.batch_size``; :func:`pathseg.engine.pretrain.pretrain`
             passes it). With ``lr_scaling="sqrt"`` the optimiser runs at ``scaled_lr(optim.lr, batch_size x
             world size)``; None (a method built by hand) leaves ``optim.lr`` as given.
         lr_scaling: ``"sqrt"`` (default, the DSF-WSI authors' rule ``lr · sqrt(B / 32)``) or ``"none"``

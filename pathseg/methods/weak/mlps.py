@@ -86,7 +86,7 @@ def gate_checkpoint(segmenter: str | os.PathLike, classifier: str | os.PathLike,
 
     Both must predict the same classes and use the same encoder name.
     """
-    from pathseg.engine.checkpoint import load_model, save_model_checkpoint
+    from pathseg.models.checkpoint import load_model, save_model_checkpoint
 
     seg, seg_info = load_model(segmenter)
     cls, cls_info = load_model(classifier)

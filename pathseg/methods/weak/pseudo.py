@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from pathseg.data.base import DATASETS, SegmentationDataset
-from pathseg.data.sample import IGNORE_INDEX, Sample, make_sample
 from pathseg.errors import ConfigError, DataError
 from pathseg.methods.weak.gradcam import LAYERS, layer_grad_cams
+from pathseg.sample import IGNORE_INDEX, Sample, make_sample
 
 INDEX_FILE = "pseudo_masks.json"
 
@@ -90,7 +90,7 @@ def write_pseudo_masks(
     Resumable: patches whose three files exist are skipped unless ``overwrite``.
     Returns ``{"out", "written", "skipped", "layers"}``.
     """
-    from pathseg.engine.checkpoint import load_model
+    from pathseg.models.checkpoint import load_model
     from pathseg.io.files import write_image, write_json
     from pathseg.transforms import to_tensor
 

@@ -38,9 +38,8 @@ from torch import nn
 
 from pathseg.errors import UnknownNameError
 from pathseg.registry import Registry, did_you_mean
+from pathseg.transforms.paired import IMAGENET_MEAN, IMAGENET_STD  # pathseg's input normalisation, defined once
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # pathseg's input normalisation too (pathseg.transforms.paired)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CONCH conch/open_clip_custom/constants.py
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)  # bioptimus/H-optimus-0 model card, transforms.Normalize
