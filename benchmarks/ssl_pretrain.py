@@ -129,7 +129,7 @@ def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str
     from pathseg.data.monuseg import MONUSEG_NOMINAL_MPP
     from pathseg.engine.config import load_config
     from pathseg.methods.ssl.export import encoder_file
-    from pathseg.methods.ssl.pretrain import pretrain
+    from pathseg.engine.pretrain import pretrain
 
     data = shared_data_root()
     # the two slides without MPP metadata are taken as 20x (0.5 µm/px), an assumption

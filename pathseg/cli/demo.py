@@ -48,7 +48,7 @@ def column_titles(grid: np.ndarray, titles: tuple[str, ...]) -> np.ndarray:
 
 
 def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dict:
-    from pathseg.cli.main import metrics_markdown, metrics_table
+    from pathseg.cli.common import metrics_markdown, metrics_table
     from pathseg.engine.checkpoint import load_model
     from pathseg.engine.data import build_dataset
     from pathseg.engine.train import describe_training, evaluate, per_class, train

@@ -39,7 +39,7 @@ def _images(inputs: list[Path]) -> list[Path]:
 
 
 def register(app: typer.Typer) -> None:
-    from pathseg.cli.main import console, friendly
+    from pathseg.cli.common import console, friendly
 
     @app.command("synth-cells")
     @friendly
@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
                           stages=stages, log=console.print)
         rows = {k: v["eval"] for k, v in res.items() if isinstance(v, dict) and v.get("eval")}
         if rows:
-            from pathseg.cli.main import metrics_table
+            from pathseg.cli.common import metrics_table
 
             console.print(metrics_table(rows, keys=("F1", "accuracy", "precision", "recall")))
         console.print(f"models and metrics.json in {out}")

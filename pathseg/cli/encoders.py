@@ -56,6 +56,6 @@ def encoders_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``encoders`` to the pathseg app."""
-    from pathseg.cli.main import friendly  # imported here: main imports this module
+    from pathseg.cli.common import friendly
 
     app.command("encoders")(friendly(encoders_command))

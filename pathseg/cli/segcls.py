@@ -14,7 +14,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from pathseg.cli.main import console, friendly
+    from pathseg.cli.common import console, friendly
 
     @app.command("segcls-patches")
     @friendly

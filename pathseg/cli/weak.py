@@ -20,7 +20,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from pathseg.cli.main import console, friendly
+    from pathseg.cli.common import console, friendly
 
     @app.command("pseudo-masks")
     @friendly

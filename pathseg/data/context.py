@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pathseg.data.base import SegmentationDataset
-from pathseg.engine.data import TensorView  # upward: see tests/test_layers.py, ALLOWED_UPWARD
+from pathseg.data.views import TensorView
 from pathseg.errors import ConfigError
 from pathseg.io.tiling import context_start, reflect_index  # noqa: F401  (the pair geometry; names kept here)
 from pathseg.sample import IGNORE_INDEX
@@ -116,7 +116,7 @@ class ContextView(TensorView):
     ``dataset`` any :class:`SegmentationDataset`; ``transforms`` the ``data.train_transforms`` list;
     ``context`` the ``data.context`` mapping (``ratio``, optional ``size``). ``item`` is an index or
     ``(index, augmentation seed)`` (:class:`pathseg.engine.distributed.GlobalBatchSampler`), like
-    :class:`pathseg.engine.data.TensorView`.
+    :class:`pathseg.data.views.TensorView`.
 
     Shape: image, context (3, T, T) float32 (normalised); mask, context_mask (T, T) int64.
     """

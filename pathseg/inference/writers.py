@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pathseg.io.annotations import write_geojson  # noqa: F401  (re-exported: the slide outputs write with it)
 from pathseg.io.files import write_image, write_json, write_text
 
 #: Polygonise the finest label level whose side is at most this (memory for the contour search).
@@ -129,17 +130,6 @@ def _rounded(geometry: dict[str, Any], ndigits: int = 3) -> dict[str, Any]:
         return [walk(x) for x in c]
 
     return {"type": geometry["type"], "coordinates": walk(geometry["coordinates"])}
-
-
-def write_geojson(path: str | os.PathLike, features: list[dict[str, Any]], *,
-                  properties: dict[str, Any] | None = None) -> Path:
-    """A FeatureCollection of ``features``; ``properties`` (e.g. the run id) go on the collection itself."""
-    import json
-
-    fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-    if properties:
-        fc["properties"] = properties
-    return write_text(path, json.dumps(fc, separators=(",", ":")) + "\n")
 
 
 def rasterize_features(features: list[dict[str, Any]], class_names: Sequence[str], shape: tuple[int, int], *,

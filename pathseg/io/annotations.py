@@ -9,7 +9,8 @@ Two pixel conventions, one per format, each matching how the format's own tools 
   :func:`rasterize_geojson` sets a pixel when its centre ``(c + 0.5, r + 0.5)`` lies inside the
   geometry (even-odd rule over the exterior and its holes), so areas are preserved and holes stay open.
 
-Writing GeoJSON lives in :mod:`pathseg.inference`, not here.
+Writing: :func:`write_geojson` (a FeatureCollection, atomically); the slide engine makes the features
+(:func:`pathseg.inference.writers.label_polygons`).
 
 Example:
     >>> polys, mpp = read_aperio_xml("TCGA-2Z-A9J9-01A-01-TS1.xml")  # doctest: +SKIP
@@ -38,6 +39,7 @@ __all__ = [
     "read_geojson",
     "rasterize_geojson",
     "fill_polygon",
+    "write_geojson",
 ]
 
 
@@ -338,3 +340,16 @@ def rasterize_geojson(
         for rings in _geom_rings(geom, float(downsample)):
             mask[fill_polygon(rings, mask.shape)] = index[name]
     return mask
+
+
+def write_geojson(path: str | os.PathLike, features: list[dict[str, Any]], *,
+                  properties: dict[str, Any] | None = None) -> Path:
+    """A FeatureCollection of ``features``; ``properties`` (e.g. the run id) go on the collection itself."""
+    import json
+
+    fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    if properties:
+        fc["properties"] = properties
+    from pathseg.io.files import write_text
+
+    return write_text(path, json.dumps(fc, separators=(",", ":")) + "\n")

@@ -90,7 +90,7 @@ def write_synthetic_cells(out: str | Path, n_images: int = 4, size: int = 256, *
 
     from .instances import instance_centroids
     from .matching import UNKNOWN, cells_to_features
-    from pathseg.inference.writers import write_geojson  # upward: tests/test_layers.py ALLOWED_UPWARD
+    from pathseg.io.annotations import write_geojson
 
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
