@@ -128,6 +128,20 @@ def curve(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
     return rows
 
 
+def collect(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    """Rows for curve runs that were stopped before their last step, from their metrics.json (equal steps compare)."""
+    for label in ("resnet18", "vit_small"):
+        path = Path(args.work) / f"curve_{label}" / "metrics.json"
+        if any(r["method"] == label and r["dataset"] == "monuseg" for r in rows) or not path.is_file():
+            continue
+        hist = json.loads(path.read_text())
+        rows.append({"method": label, "dataset": "monuseg", "fraction": "1/16", "seed": 0,
+                     "metrics": {"final": hist[-1], "curve": hist, "stopped_at": hist[-1]["step"],
+                                 "planned": args.steps}, "seconds": None})
+    write(rows)
+    return rows
+
+
 def write(rows: list[dict]) -> None:
     lines = ["# ViT foundation-model encoders on this CPU", "",
              "Random initialisation at each published architecture (the hub is out of reach here, so the published "
@@ -157,9 +171,13 @@ def write(rows: list[dict]) -> None:
                   "| encoder | step | mIoU | Dice |", "|---|---|---|---|"]
         for r in curves:
             for h in r["metrics"]["curve"]:
-                if "val/mIoU" in h:
-                    lines.append(f"| {r['method']} | {h.get('step')} | {h['val/mIoU']:.4f} | "
-                                 f"{h.get('val/Dice', float('nan')):.4f} |")
+                if "mIoU" in h:
+                    lines.append(f"| {r['method']} | {h.get('step')} | {h['mIoU']:.4f} | "
+                                 f"{h.get('Dice', float('nan')):.4f} |")
+        partial = [r for r in curves if r["metrics"].get("stopped_at")]
+        for r in partial:
+            lines += ["", f"{r['method']}: stopped at step {r['metrics']['stopped_at']} of {r['metrics']['planned']} "
+                          "(session time ran out); compare the rows at equal steps."]
         lines += ["", "A user with UNI/Virchow2/H-optimus weights should run the same curve with "
                   "`model.encoder=uni model.weights=/path/to/pytorch_model.bin model.options.mode=lora` (or `frozen`): "
                   "that, not this random-init row, is where the foundation model's gain would show."]
@@ -168,7 +186,7 @@ def write(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("speed", "curve"), default="speed")
+    ap.add_argument("--part", choices=("speed", "curve", "collect"), default="speed")
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=600)
@@ -181,7 +199,7 @@ def main() -> None:
         print(json.dumps(measure(*args.measure, args.threads)))
         return
     rows = [] if args.fresh else load_rows(NAME)
-    (speed if args.part == "speed" else curve)(args, rows)
+    {"speed": speed, "curve": curve, "collect": collect}[args.part](args, rows)
 
 
 if __name__ == "__main__":

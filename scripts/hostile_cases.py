@@ -68,9 +68,10 @@ def main() -> int:
                                  ["background", "tissue"], mpp=2.0)
     slide = write_synthetic_slide(w / "synth.tiff", 2048, mpp=0.5, seed=1)
     fast = ["--tile", "256", "--backend", "torch", "--overlap", "0"]
+    coarse = [*fast, "--mpp", "8", "--min-tissue", "0.001"]  # real slides at 8 µm/px: a few tiles each
 
     # -- inputs ------------------------------------------------------------------------------------------
-    r = pathseg("predict", SHARED, "--checkpoint", ckpt, "--out", w / "real", "--slide-mpp", "4", *fast)
+    r = pathseg("predict", SHARED, "--checkpoint", ckpt, "--out", w / "real", "--slide-mpp", "4", *coarse)
     n = len(list((w / "real").glob("*/*.run.json")))
     report("folder of the three real slides", r.returncode == 0 and n == 3 and "SHA256SUMS" in r.stderr,
            f"rc {r.returncode}, {n} slides done, skipped listed: {'SHA256SUMS' in r.stderr}")
@@ -78,11 +79,11 @@ def main() -> int:
     svs.mkdir()
     for f in SHARED.glob("*.svs"):
         os.symlink(f, svs / f.name)
-    r = pathseg("predict", svs, "--checkpoint", ckpt, "--out", w / "svs-out", "--slide-mpp", "4", *fast)
+    r = pathseg("predict", svs, "--checkpoint", ckpt, "--out", w / "svs-out", "--slide-mpp", "4", *coarse)
     report("folder of only SVS", r.returncode == 0 and len(list((w / "svs-out").glob("*/*.run.json"))) == 2,
            f"rc {r.returncode}: {last_error(r) or 'both predicted'}")
     r = pathseg("predict", SHARED / "kidney-48-5.tif", "--checkpoint", ckpt, "--out", w / "kid", "--slide-mpp", "4",
-                *fast)
+                *coarse)
     report("kidney TIFF given --slide-mpp is a slide", (w / "kid/kidney-48-5/kidney-48-5.labels.tif").is_file(),
            f"rc {r.returncode}")
     tiles = w / "tiles"

@@ -31,6 +31,7 @@ from pathseg.inference.predictor import PredictConfig, SlidePredictor  # noqa: E
 from pathseg.io.files import read_image, write_image, write_json  # noqa: E402
 
 TILE = ["--tile", "256", "--backend", "torch"]
+COARSE = [*TILE, "--mpp", "8", "--min-tissue", "0.001"]  # the real slides at 8 µm/px: a few tiles each
 
 
 def invoke(*args: str):
@@ -61,8 +62,9 @@ def test_a_folder_of_real_slides_predicts_every_slide_and_lists_what_it_skipped(
     assert names == ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs", "kidney-48-5.tif"]
     assert [p.name for p, _ in found.skipped] == ["SHA256SUMS"]  # PROVENANCE.md is a known companion file
 
-    # kidney-48-5 records no MPP; at 4 µm/px its one fragment of tissue is large enough to be found
-    r = invoke("predict", folder, "--checkpoint", ckpt, "--out", tmp_path / "out", "--slide-mpp", "4", *TILE)
+    # kidney-48-5 records no MPP; at 4 µm/px its one fragment of tissue is large enough to be found. Output at
+    # 8 µm/px keeps the run small (the model's own 2 µm/px would upsample the 4 µm/px slides twofold)
+    r = invoke("predict", folder, "--checkpoint", ckpt, "--out", tmp_path / "out", "--slide-mpp", "4", *COARSE)
     assert r.exit_code == 0, r.output
     assert "3/3 slides predicted" in r.output and "SHA256SUMS" in r.output
     for stem in ("CMU-1-Small-Region", "TCGA-CR-7395-01A-01-TS1", "kidney-48-5"):
@@ -86,7 +88,7 @@ def test_tissue_mask_and_predict_expand_a_folder_the_same_way(shared_data, tmp_p
 
 def test_the_kidney_tiff_with_slide_options_is_predicted_as_a_slide(shared_data, ckpt, tmp_path):
     kidney = real_slide(shared_data, "kidney")
-    r = invoke("predict", kidney, "--checkpoint", ckpt, "--out", tmp_path / "o", "--slide-mpp", "4", *TILE)
+    r = invoke("predict", kidney, "--checkpoint", ckpt, "--out", tmp_path / "o", "--slide-mpp", "4", *COARSE)
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "o" / "kidney-48-5" / "kidney-48-5.run.json").read_text())
     assert rec["slide_info"]["mpp_override"] == 4 and rec["config"]["tile"] == 256
