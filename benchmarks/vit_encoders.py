@@ -183,8 +183,8 @@ def write(rows: list[dict]) -> None:
         final = {r["method"]: r["metrics"]["curve"][-1] for r in curves if r["metrics"]["curve"]}
         if {"resnet18", "vit_small"} <= final.keys():
             a, b = final["resnet18"], final["vit_small"]
-            lines += ["", f"At step {b['step']}, the random-init ViT-S is {a['mIoU'] - b['mIoU']:+.3f} mIoU and "
-                          f"{a['Dice'] - b['Dice']:+.3f} Dice behind ResNet-18 (one seed: no interval; the gap is "
+            lines += ["", f"At step {b['step']}, the random-init ViT-S is {a['mIoU'] - b['mIoU']:.3f} mIoU and "
+                          f"{a['Dice'] - b['Dice']:.3f} Dice behind ResNet-18 (one seed: no interval; the gap is "
                           "larger than the step-to-step wobble of either curve, about 0.01)."]
         lines += ["", "A user with UNI/Virchow2/H-optimus weights should run the same curve with "
                   "`model.encoder=uni model.weights=/path/to/pytorch_model.bin model.options.mode=lora` (or `frozen`): "
