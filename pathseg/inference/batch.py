@@ -307,6 +307,9 @@ def predict_slides(paths: Sequence[str | os.PathLike], checkpoint: str | os.Path
     from pathseg.inference.predictor import PredictConfig, SlidePredictor
 
     paths = [Path(p) for p in paths]
+    if not Path(checkpoint).is_file():  # before anything is created
+        raise DataError(f"{checkpoint}: checkpoint not found; pass the model.ckpt written by `pathseg train` or an "
+                        f"exported .onnx")
     out = check_writable(out)
     cfg = PredictConfig(tile=tile, overlap=overlap, mpp=mpp, batch_size=batch_size, workers=workers,
                         probabilities=probabilities, blend=blend, min_tissue=min_tissue, tissue_method=tissue_method,

@@ -380,3 +380,9 @@ def test_an_image_that_records_its_mpp_is_resized_to_the_models(ckpt, tmp_path):
     assert same["scale"] == 1.0
     png = write_image(tmp_path / "in2" / "x.png", img)  # no MPP recorded: as it is
     assert predict_images([png], ckpt, tmp_path / "png")[0]["scale"] == 1.0
+
+
+def test_a_mistyped_checkpoint_on_a_slide_is_one_line_and_creates_nothing(slide, tmp_path):
+    r = invoke("predict", slide, "--checkpoint", tmp_path / "typo.ckpt", "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "typo.ckpt: checkpoint not found" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
