@@ -151,7 +151,7 @@ def main() -> int:
 
     def done_tiles() -> int:
         try:
-            return int(json.loads((work / "progress.json").read_text())["n_done"])
+            return int(json.loads((work / "stitch.zarr.progress.json").read_text())["n_done"])
         except (OSError, ValueError, KeyError):
             return 0
 
