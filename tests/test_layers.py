@@ -66,9 +66,6 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
 # Import cycles that remain, as the modules of each strongly connected component; a smaller cycle inside one
 # passes, a larger or new one fails.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"pathseg.inference.backends", "pathseg.inference.onnx"}):
-        "load_backend exports through onnx.cached_export; onnx.export_model_onnx refuses context models with "
-        "backends.refuse_context_models. Broken on the branch wip-slide-speed (not merged yet); to remove when it is.",
     frozenset({"pathseg.inference.batch", "pathseg.inference.predictor"}):
         "predictor imports SlideLock from batch; batch.predict_one imports SlidePredictor. To remove when SlideLock "
         "(and the other per-slide file helpers predictor needs) move to a module below both, e.g. "

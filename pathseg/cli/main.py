@@ -101,7 +101,7 @@ def evaluate(
 SLIDE_DEFAULTS = {"mpp": None, "slide_mpp": None, "tile": 512, "overlap": 0.5, "workers": 0, "batch_size": 8,
                   "backend": "auto", "probabilities": False, "blend": "mean", "ray": None, "ray_workers": None,
                   "ray_gpus": None, "min_tissue": 0.05, "tissue_method": "saturation", "min_area": None,
-                  "simplify": None, "multipolygon": None, "overwrite": None}
+                  "simplify": None, "multipolygon": None, "overwrite": None, "precision": "auto"}
 
 
 def _flag(name: str) -> str:
@@ -136,6 +136,10 @@ def predict(
     multipolygon: Optional[bool] = typer.Option(None, "--multipolygon",
                                                 help="slides: one GeoJSON MultiPolygon per class"),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="slides: recompute slides already done"),
+    precision: Optional[str] = typer.Option(None, "--precision",
+                                            help="slides: auto | fp32 | fp16 | bf16 | int8 [default: auto: fp32 on "
+                                                 "CPU, fp16 autocast on CUDA]; int8 calibrates once on the slides' "
+                                                 "tissue (cached) and runs in ONNX Runtime"),
     scale: Optional[float] = typer.Option(None, help="images: resize by this factor before the model "
                                                      "[default: image MPP / model MPP when the image records one]"),
     image_mpp: Optional[float] = typer.Option(None, "--image-mpp", help="images: their resolution in µm/px "
@@ -164,7 +168,7 @@ def predict(
     given = dict(mpp=mpp, slide_mpp=slide_mpp, tile=tile, overlap=overlap, workers=workers, batch_size=batch_size,
                  backend=backend, probabilities=probabilities, blend=blend, ray=ray, ray_workers=ray_workers,
                  ray_gpus=ray_gpus, min_tissue=min_tissue, tissue_method=tissue_method, min_area=min_area,
-                 simplify=simplify, multipolygon=multipolygon, overwrite=overwrite)
+                 simplify=simplify, multipolygon=multipolygon, overwrite=overwrite, precision=precision)
     slide_flags = [_flag(k) for k, v in given.items() if v is not None]
     found = expand_inputs(inputs, as_slide=as_slide, slide_options=bool(slide_flags))
     for path, why in found.skipped:

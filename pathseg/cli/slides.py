@@ -9,7 +9,9 @@ Example:
     pathseg tissue-mask slides/ --out masks/
     pathseg tile slide.svs --out tiles/ --mpp 0.5 --tile 512 --min-tissue 0.5
     pathseg export-onnx model.ckpt --out model.onnx
+    pathseg export-onnx model.ckpt --out model.int8.onnx --precision int8 --calibration train_images/
     pathseg predict slides/ --checkpoint model.ckpt --out preds/ --overlap 0.5
+    pathseg predict slides/ --checkpoint model.ckpt --out preds/ --precision int8
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, ray: str |
     from pathseg.inference import batch
 
     con = out_console or console
+    precision = settings.get("precision", "auto") or "auto"
+    if ray and precision == "int8":  # quantised once here (cached); the workers run the INT8 .onnx as it is
+        checkpoint = int8_model(checkpoint, paths, tile=settings.get("tile", 512),
+                                mpp_override=settings.get("mpp_override"), backend=settings.get("backend", "auto"),
+                                log=con.print)
+        settings["backend"], settings["precision"] = "onnx", "auto"
     if ray:  # Ray is imported only here
         from pathseg.scale.ray_predict import predict_slides_ray
 
@@ -106,6 +114,33 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, ray: str |
                                    + (f" (backend {', '.join(backends)})" if backends else "")))
     print_failures(rows, con)
     return rows
+
+
+def int8_model(checkpoint: Path, calibration: list[Path], *, tile: int = 512, mpp_override: float | None = None,
+               backend: str = "auto", log: Callable[[str], Any] | None = None) -> Path:
+    """The INT8 .onnx of ``checkpoint`` (itself when it is one): exported and quantised once, calibrated on tissue
+    tiles of ``calibration`` (:func:`pathseg.inference.quantize.cached_quantize`; below 99% agreement with fp32
+    on those tiles it warns, and the warning goes into each run record)."""
+    from pathseg.inference.onnx import cached_export, open_session
+    from pathseg.inference.quantize import cached_quantize
+
+    if backend not in ("auto", "onnx"):
+        raise DataError(f"--precision int8 runs in ONNX Runtime; drop --backend {backend} or pass --backend onnx")
+    if checkpoint.suffix.lower() == ".onnx":
+        _, info = open_session(checkpoint)
+        if info.get("precision") == "int8":
+            return checkpoint
+        fp32 = checkpoint
+    else:
+        if not checkpoint.is_file():
+            raise DataError(f"{checkpoint}: checkpoint not found; pass the model.ckpt written by `pathseg train`")
+        fp32 = cached_export(checkpoint, tile=tile)
+        _, info = open_session(fp32)
+    if not info.get("mpp"):
+        raise DataError(f"{checkpoint}: the model does not record the MPP it was trained at, which calibration "
+                        "tiles are read at; export it with --precision int8 --calibration ... --mpp")
+    return cached_quantize(fp32, list(calibration), tile=tile, mpp=float(info["mpp"]), mpp_override=mpp_override,
+                           on_low="warn", log=log)
 
 
 def print_failures(rows: list[dict[str, Any]], con: Console) -> None:
@@ -209,19 +244,57 @@ def tile_command(
 def export_onnx_command(
     checkpoint: Path = typer.Argument(..., help="model.ckpt written by `pathseg train`"),
     out: Path = typer.Option(..., "--out", help="the .onnx file to write"),
-    tile: int = typer.Option(512, help="tile size used to trace and check the export"),
+    tile: int = typer.Option(512, help="tile size used to trace and check the export (and to calibrate)"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (ONNX Runtime static quantisation)"),
+    calibration: Optional[list[Path]] = typer.Option(
+        None, "--calibration", help="int8: slides, training images or folders whose tissue tiles calibrate the "
+                                    "quantisation (repeat the option for more)"),
+    calibration_tiles: int = typer.Option(24, "--calibration-tiles", help="int8: calibration tiles"),
+    min_agreement: float = typer.Option(0.99, "--min-agreement",
+                                        help="int8: refuse a model whose labels agree with fp32 on fewer of the "
+                                             "calibration tiles' tissue pixels than this"),
+    mpp: Optional[float] = typer.Option(None, help="int8: read calibration slides at this µm/px [default: the "
+                                                   "model's]"),
 ) -> None:
-    """Export a trained model to ONNX (softmax and class metadata included) for ONNX Runtime."""
-    from pathseg.inference.onnx import export_onnx
+    """Export a trained model to ONNX (softmax and class metadata included) for ONNX Runtime, in fp32 or INT8."""
+    from pathseg.inference.onnx import cached_export, export_onnx
 
     if out.is_dir():
-        out = out / f"{checkpoint.stem}.onnx"
+        out = out / f"{checkpoint.stem}{'.int8' if precision == 'int8' else ''}.onnx"
     elif out.suffix.lower() != ".onnx":
         raise DataError(f"--out {out}: expected a .onnx file name or an existing folder")
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint not found; pass the model.ckpt written by `pathseg train`")
-    path = export_onnx(checkpoint, out, tile=tile)
-    console.print(f"ONNX model written: {path} ({path.stat().st_size / 1e6:.1f} MB); "
+    if precision not in ("fp32", "int8"):
+        raise DataError(f"--precision {precision}: export-onnx writes fp32 or int8 (fp16/bf16 are CUDA autocast "
+                        "in `pathseg predict --backend torch`)")
+    if precision == "fp32":
+        if calibration:
+            raise DataError("--calibration is for --precision int8")
+        path = export_onnx(checkpoint, out, tile=tile)
+        console.print(f"ONNX model written: {path} ({path.stat().st_size / 1e6:.1f} MB); "
+                      f"run it with `pathseg predict ... --checkpoint {path}`")
+        return
+    from pathseg.inference.onnx import read_onnx_info
+    from pathseg.inference.quantize import QuantizeConfig, quantize_onnx
+    from pathseg.inference.quantize import calibration_tiles as read_tiles
+
+    if not calibration:
+        raise DataError("--precision int8 needs --calibration: slides, training images or folders of them whose "
+                        "tissue tiles set the INT8 ranges (e.g. --calibration data/train/images)")
+    fp32 = cached_export(checkpoint, tile=tile)
+    info = read_onnx_info(fp32)
+    read_mpp = mpp or info.get("mpp")
+    if not read_mpp:
+        raise DataError(f"{checkpoint}: the model does not record its MPP; pass --mpp to read calibration slides at")
+    cfg = QuantizeConfig(tiles=calibration_tiles, min_agreement=min_agreement)
+    tiles = read_tiles(list(calibration), tile=tile, mpp=float(read_mpp), n=cfg.tiles, min_tissue=cfg.min_tissue)
+    console.print(f"calibrating on {len(tiles)} tissue tiles of {', '.join(map(str, calibration))}")
+    path, report = quantize_onnx(fp32, out, tiles, config=cfg, sources=[str(c) for c in calibration])
+    console.print(f"INT8 ONNX model written: {path} ({path.stat().st_size / 1e6:.1f} MB); label agreement with fp32 "
+                  f"on the calibration tiles: {report['agreement']:.2%} of tissue pixels "
+                  f"({report['agreement_all_pixels']:.2%} of all); int8 instructions: "
+                  f"{', '.join(report['int8_instructions']) or 'none found (7-bit weights)'}; "
                   f"run it with `pathseg predict ... --checkpoint {path}`")
 
 

@@ -1,11 +1,20 @@
 """Inference backends: a callable from a batch of uint8 tiles to class probabilities.
 
-``torch`` runs the SegModel in inference mode, channels_last on CPU, on CUDA when present (fp16
-autocast there). ``onnx`` runs an exported graph (:mod:`pathseg.inference.onnx`) with ONNX Runtime on
+``torch`` runs the SegModel in inference mode, channels_last on CPU, on CUDA when present (fp16 or bf16
+autocast there, tiles copied from pinned memory). ``onnx`` runs an exported graph
+(:mod:`pathseg.inference.onnx`), fp32 or INT8 (:mod:`pathseg.inference.quantize`), with ONNX Runtime on
 CPU. Both normalise with the checkpoint's mean/std and apply softmax, so they are interchangeable.
 A checkpoint trained on stain-normalised images carries the fitted normaliser (``info["stain"]``);
 both backends then normalise each tile to the training reference first (``stain_norm=False``: off),
 leaving tiles with too little tissue, or one colour only, unchanged.
+
+A call is two steps, so the slide predictor can run them on different threads: :meth:`Backend.prepare`
+(stain normalisation and the model's input; numpy, thread-safe, run by the tile reader while the model
+works on the batch before) and :meth:`Backend.run` (the model). ``backend(batch)`` does both.
+
+Precision (``precision=``; the run record names it): "fp32"; "fp16" and "bf16" (autocast, CUDA only);
+"int8" (ONNX Runtime static quantisation, CPU); "auto": fp16 on CUDA, else fp32, or what an .onnx file
+says it is.
 
 A model that reads the context around each tile (HookNet, ``context_from_image``) runs in torch only:
 its backend has ``context_ratio`` r set, and each call takes the tiles' *contexts* too -- the
@@ -13,8 +22,9 @@ its backend has ``context_ratio`` r set, and each call takes the tiles' *context
 :class:`pathseg.inference.predictor.TileDataset` reads). ``backend="auto"`` picks torch for it; ONNX
 export is refused (one input only).
 
-Pick one with :func:`load_backend` (``backend="auto"`` takes :data:`DEFAULT_BACKEND`, the one that was
-faster on the benchmark machine, see benchmarks/results/wsi_inference.md).
+Pick one with :func:`load_backend` (``backend="auto"`` takes :data:`DEFAULT_CPU_BACKEND` on CPU, the one
+that was faster on the benchmark machine, see benchmarks/results/wsi_inference.md). Torch is imported
+only by the torch backend (and by an export), so predicting with ONNX Runtime does not pay for it.
 
 Example:
     >>> be = load_backend("model.ckpt", backend="torch")
@@ -27,13 +37,25 @@ Shape:
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from pathseg.errors import ConfigError, DataError
+from pathseg.errors import ConfigError
+from pathseg.inference.onnx import (  # noqa: F401  (context helpers and cpu_threads: their old home was here)
+    InputNormaliser,
+    NeedsContextError,
+    SessionSettings,
+    cached_export,
+    context_ratio_of,
+    cpu_threads,
+    file_digest,
+    open_session,
+    refuse_context_models,
+)
 from pathseg.registry import Registry
 
 BACKENDS: Registry = Registry("inference backend")
@@ -42,170 +64,267 @@ BACKENDS: Registry = Registry("inference backend")
 #: (benchmarks/results/wsi_inference.md); on CUDA machines "auto" means torch.
 DEFAULT_CPU_BACKEND = "onnx"
 
+#: What ``precision=`` takes (see the module docstring).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
-def cpu_threads() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device, without importing torch on a machine that has no NVIDIA driver."""
+    if "torch" not in sys.modules:
+        if sys.platform == "darwin":
+            return False
+        if sys.platform.startswith("linux") and not (os.path.exists("/proc/driver/nvidia/version")
+                                                     or os.path.exists("/dev/nvidia0")):
+            return False
+        if sys.platform == "win32" and not os.path.exists(os.path.join(os.environ.get("SystemRoot", r"C:\Windows"),
+                                                                        "System32", "nvcuda.dll")):
+            return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 class Backend:
     name = "base"
     info: dict[str, Any]
     device: str = "cpu"
+    precision: str = "fp32"
+    load_s: float | None = None  # seconds load_backend took (export, quantisation, session), for the run record
     stain: Any = None  # the checkpoint's fitted stain normaliser, applied to each tile first; None: off
     context_ratio: int | None = None  # r: the model also takes each tile's context at r x the MPP; None: tiles only
 
-    def __call__(self, batch: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+    def prepare(self, batch: np.ndarray, context: np.ndarray | None = None) -> Any:
+        """The model's input for ``batch`` (and ``context``): stain normalisation and conversion. Thread-safe."""
+        return self.model_input(self._stain_normalise(batch),
+                                None if context is None else self._stain_normalise(context))
+
+    def model_input(self, batch: np.ndarray, context: np.ndarray | None = None) -> Any:
+        """:meth:`prepare` without the stain normalisation (tiles already normalised)."""
         raise NotImplementedError
+
+    def run(self, prepared: Any) -> np.ndarray:
+        """Probabilities (N, K, H, W) float32 for what :meth:`prepare` returned."""
+        raise NotImplementedError
+
+    def __call__(self, batch: np.ndarray | None = None, context: np.ndarray | None = None, *,
+                 prepared: Any = None) -> np.ndarray:
+        """Probabilities for ``batch`` (and ``context``), or for what :meth:`prepare` returned (``prepared``)."""
+        return self.run(self.prepare(batch, context) if prepared is None else prepared)
 
     def _load_stain(self, source: Any, enabled: bool) -> None:
         from pathseg.transforms.stain import normalizer_from_state
 
         self.stain = normalizer_from_state(self.info.get("stain"), source, fallback="identity") if enabled else None
 
-    def _stain_normalise(self, batch: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def _stain_normalise(self, batch: Any) -> np.ndarray:
         """Each (H, W, 3) uint8 tile of the batch recoloured to the training reference (unchanged when off)."""
+        batch = np.asarray(batch)
         if self.stain is None:
             return batch
-        return np.stack([self.stain.transform(tile) for tile in np.asarray(batch)])
+        return np.stack([self.stain.transform(tile) for tile in batch])
 
     @property
     def num_classes(self) -> int:
         return int(self.info["num_classes"]) if "num_classes" in self.info else len(self.info["class_names"])
 
 
-def context_ratio_of(model: torch.nn.Module) -> int | None:
-    """r for a model that also takes each tile's context at r x the MPP (HookNet), else None."""
-    return int(model.ratio) if getattr(model, "context_from_image", False) else None
-
-
-class NeedsContextError(ConfigError):
-    """The model reads each tile's context (HookNet), which an ONNX graph of one input cannot take."""
-
-
-def refuse_context_models(model: torch.nn.Module) -> None:
-    """Raise for a model that needs the context around each tile (HookNet): an ONNX graph takes tiles only."""
-    if context_ratio_of(model):
-        raise NeedsContextError(
-            f"{getattr(model, 'name', type(model).__name__)}: ONNX export is not supported for a model that reads "
-            "the context around each tile (two inputs); run it with --backend torch (the default for it)"
-        )
-
-
 class TorchBackend(Backend):
-    """A SegModel in eval + inference mode; channels_last on CPU; CUDA (fp16 autocast) when available."""
+    """A SegModel in eval + inference mode; channels_last on CPU; on CUDA (when available) with fp16 or bf16
+    autocast and tiles copied from pinned host memory, uint8 (4x less to copy than float32)."""
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, info: dict[str, Any], *, device: str | None = None,
-                 threads: int | None = None, stain_norm: bool = True, source: Any = "the checkpoint") -> None:
+    def __init__(self, model: Any, info: dict[str, Any], *, device: str | None = None,
+                 threads: int | None = None, stain_norm: bool = True, source: Any = "the checkpoint",
+                 precision: str = "auto") -> None:
+        import torch
+
         self.info = info
         self.context_ratio = context_ratio_of(model)
         self._load_stain(source, stain_norm)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = self.device.startswith("cuda")
+        precision = check_precision(precision)
+        if precision == "auto":
+            precision = "fp16" if cuda else "fp32"
+        if precision == "int8":
+            raise ConfigError("int8 runs in ONNX Runtime: use --backend onnx (or auto) with --precision int8")
+        if precision in ("fp16", "bf16") and not cuda:
+            raise ConfigError(f"{precision} autocast is for CUDA devices; on CPU use --precision fp32, or int8 "
+                              "(ONNX Runtime)")
+        self.precision = precision
+        self._autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         if self.device == "cpu":
             torch.set_num_threads(threads or cpu_threads())
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+
         def stat(key: str, default: float) -> torch.Tensor:
             v = torch.tensor(info.get(key, (default,) * 3), dtype=torch.float32, device=self.device)
             return v.view(1, 3, 1, 1) * 255
 
         self.mean, self.std = stat("mean", 0.0), stat("std", 1.0)
 
-    def _input(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(self._stain_normalise(batch)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()
+    def _host(self, batch: Any) -> Any:
+        import torch
+
+        x = torch.as_tensor(np.asarray(batch))
+        if self.device.startswith("cuda"):
+            x = x.pin_memory()  # torch's caching host allocator reuses the pinned blocks batch after batch
+        return x
+
+    def model_input(self, batch: Any, context: Any | None = None) -> tuple[Any, Any]:
+        return self._host(batch), None if context is None else self._host(context)
+
+    def _input(self, x: Any) -> Any:
+        import torch
+
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
-    def __call__(self, batch: np.ndarray | torch.Tensor, context: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    def run(self, prepared: tuple[Any, Any]) -> np.ndarray:
+        import torch
+
+        x, context = prepared
         if self.context_ratio and context is None:
             raise ConfigError(f"{self.info.get('model')}: this model needs each tile's context (at "
                               f"{self.context_ratio}x the MPP) as well as the tile")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
-                                                    enabled=self.device.startswith("cuda")):
-            x = self._input(batch)
-            logits = self.model(x, self._input(context))["target"] if self.context_ratio else self.model(x)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=self._autocast or torch.float16,
+                                                    enabled=self._autocast is not None):
+            xi = self._input(x)
+            logits = self.model(xi, self._input(context))["target"] if self.context_ratio else self.model(xi)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
 class OnnxBackend(Backend):
-    """An exported ONNX graph (normalisation outside, softmax inside) run by ONNX Runtime on CPU."""
+    """An exported ONNX graph, fp32 or INT8 (normalisation outside, softmax inside), run by ONNX Runtime on CPU."""
 
     name = "onnx"
 
     def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None, stain_norm: bool = True,
-                 source: Any = None) -> None:
-        import onnxruntime as ort
-
-        from pathseg.inference.onnx import read_onnx_info
-
+                 source: Any = None, settings: SessionSettings | None = None) -> None:
         self.path = Path(onnx_path)
-        self.info = read_onnx_info(self.path)
+        self.settings = settings or SessionSettings(threads=threads)
+        self.session, self.info = open_session(self.path, self.settings)
+        self.precision = str(self.info.get("precision", "fp32"))
         self._load_stain(source or self.path, stain_norm)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or cpu_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.enable_cpu_mem_arena = False  # measured: U-Net batch 4 at 512 px peaks at 0.6 GB instead of 1.05 GB
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise DataError(f"{self.path}: ONNX Runtime cannot load this model ({e}); "
-                            f"re-export it with `pathseg export-onnx`") from e
         self.input_name = self.session.get_inputs()[0].name
-        self.mean = (np.asarray(self.info.get("mean", (0, 0, 0)), np.float32) * 255).reshape(1, 3, 1, 1)
-        self.inv_std = (1.0 / (np.asarray(self.info.get("std", (1, 1, 1)), np.float32) * 255)).reshape(1, 3, 1, 1)
+        self._normalise = InputNormaliser(self.info.get("mean", (0, 0, 0)), self.info.get("std", (1, 1, 1)))
 
-    def __call__(self, batch: np.ndarray | torch.Tensor, context: np.ndarray | None = None) -> np.ndarray:
-        x = np.asarray(self._stain_normalise(batch)).transpose(0, 3, 1, 2).astype(np.float32)
-        x = np.ascontiguousarray((x - self.mean) * self.inv_std)
-        return self.session.run(None, {self.input_name: x})[0]
+    def model_input(self, batch: Any, context: Any | None = None) -> np.ndarray:
+        return self._normalise(np.asarray(batch))
+
+    def run(self, prepared: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: prepared})[0]
 
 
 BACKENDS.register("torch", TorchBackend)
 BACKENDS.register("onnx", OnnxBackend)
 
 
-def resolve_backend_name(backend: str) -> str:
+def resolve_backend_name(backend: str, precision: str = "auto") -> str:
     if backend == "auto":
-        return "torch" if torch.cuda.is_available() else DEFAULT_CPU_BACKEND
+        if precision == "int8":
+            return "onnx"
+        if precision in ("fp16", "bf16"):
+            return "torch"
+        return "torch" if cuda_available() else DEFAULT_CPU_BACKEND
     BACKENDS.get(backend)  # raises with the valid names
     return backend
 
 
 def load_backend(checkpoint: str | os.PathLike, *, backend: str = "auto", cache_dir: str | os.PathLike | None = None,
                  tile: int = 512, device: str | None = None, threads: int | None = None,
-                 stain_norm: bool = True) -> Backend:
-    """A backend for ``checkpoint`` (.ckpt/.pt pathseg checkpoint, or an exported .onnx).
+                 stain_norm: bool = True, precision: str = "auto",
+                 calibration: list[str | os.PathLike] | None = None, mpp_override: float | None = None,
+                 settings: SessionSettings | None = None, log: Any = None) -> Backend:
+    """A backend for ``checkpoint`` (.ckpt/.pt pathseg checkpoint, or an exported .onnx, fp32 or INT8).
 
     With ``backend="onnx"`` and a torch checkpoint, the model is exported once to
     ``cache_dir/<checkpoint stem>-<hash>.onnx`` (default: the user's cache, see
     :func:`pathseg.inference.onnx.cached_export`).
     ``backend="auto"``: ONNX Runtime on CPU (``device="cpu"``, or no CUDA), torch on CUDA and for models
     that read each tile's context. ``stain_norm=False`` skips the checkpoint's stain normalisation.
-    """
-    checkpoint = Path(checkpoint)
-    name = DEFAULT_CPU_BACKEND if backend == "auto" and device == "cpu" else resolve_backend_name(backend)
-    if checkpoint.suffix == ".onnx":
-        if name != "onnx":
-            if backend != "auto":
-                raise ConfigError(f"{checkpoint}: an .onnx model runs only with backend 'onnx', not {backend!r}")
-            name = "onnx"
-        return OnnxBackend(checkpoint, threads=threads, stain_norm=stain_norm)
-    if name == "onnx":
-        from pathseg.inference.onnx import cached_export
 
+    ``precision="int8"``: an INT8 .onnx runs as it is; a checkpoint or an fp32 .onnx is quantised once,
+    calibrated on tissue tiles of ``calibration`` (slides, training images or folders; see
+    :func:`pathseg.inference.quantize.cached_quantize`), with a warning when its agreement with fp32 is
+    below 99%. ``settings``: ONNX Runtime session options (default :class:`SessionSettings`).
+    """
+    t = time.perf_counter()
+    be = _load_backend(Path(checkpoint), backend=backend, cache_dir=cache_dir, tile=tile, device=device,
+                       threads=threads, stain_norm=stain_norm, precision=check_precision(precision),
+                       calibration=calibration, mpp_override=mpp_override, settings=settings, log=log)
+    be.load_s = time.perf_counter() - t  # the run record's backend_load_s
+    return be
+
+
+def _load_backend(checkpoint: Path, *, backend: str, cache_dir: str | os.PathLike | None, tile: int,
+                  device: str | None, threads: int | None, stain_norm: bool, precision: str,
+                  calibration: list[str | os.PathLike] | None, mpp_override: float | None,
+                  settings: SessionSettings | None, log: Any) -> Backend:
+    if backend == "auto" and device == "cpu" and precision not in ("fp16", "bf16"):
+        name = DEFAULT_CPU_BACKEND
+    else:
+        name = resolve_backend_name(backend, precision)
+    if precision == "int8" and name != "onnx":
+        raise ConfigError(f"--precision int8 runs in ONNX Runtime; use --backend onnx or auto, not {backend!r}")
+    if precision in ("fp16", "bf16") and name != "torch":
+        raise ConfigError(f"--precision {precision} is torch autocast on CUDA; use --backend torch or auto")
+    settings = settings or SessionSettings(threads=threads)
+    if checkpoint.suffix == ".onnx":
+        if name != "onnx" and backend != "auto":
+            raise ConfigError(f"{checkpoint}: an .onnx model runs only with backend 'onnx', not {backend!r}")
+        be = OnnxBackend(checkpoint, stain_norm=stain_norm, settings=settings)
+        if precision == "int8" and be.precision != "int8":
+            return _int8(checkpoint, be.info, calibration, tile, cache_dir, mpp_override, stain_norm, settings,
+                         source=checkpoint, log=log)
+        if precision == "fp32" and be.precision != "fp32":
+            raise ConfigError(f"{checkpoint} is a {be.precision} model; pass its fp32 export (or the checkpoint) "
+                              "for --precision fp32")
+        return be
+    if name == "onnx":
         try:  # a cached export is used without loading the checkpoint
-            return OnnxBackend(cached_export(checkpoint, cache_dir=cache_dir, tile=tile), threads=threads,
-                               stain_norm=stain_norm, source=checkpoint)
+            fp32 = cached_export(checkpoint, cache_dir=cache_dir, tile=tile)
         except NeedsContextError:
-            if backend != "auto":
+            if backend != "auto" or precision == "int8":
                 raise
             # the ONNX graph takes the tile only; a context model (HookNet) runs in torch
-    from pathseg.engine.checkpoint import load_model
+        else:
+            if precision == "int8":
+                from pathseg.inference.onnx import read_onnx_info
+
+                return _int8(fp32, read_onnx_info(fp32), calibration, tile, cache_dir, mpp_override, stain_norm,
+                             settings, source=checkpoint, log=log)
+            return OnnxBackend(fp32, stain_norm=stain_norm, source=checkpoint, settings=settings)
+    from pathseg.models.checkpoint import load_model
 
     model, info = load_model(checkpoint)
-    return TorchBackend(model, info, device=device, threads=threads, stain_norm=stain_norm, source=checkpoint)
+    return TorchBackend(model, info, device=device, threads=threads, stain_norm=stain_norm, source=checkpoint,
+                        precision="auto" if precision == "int8" else precision)
+
+
+def _int8(fp32: Path, info: dict[str, Any], calibration: list[str | os.PathLike] | None, tile: int,
+          cache_dir: str | os.PathLike | None, mpp_override: float | None, stain_norm: bool,
+          settings: SessionSettings, *, source: Path, log: Any) -> OnnxBackend:
+    from pathseg.inference.quantize import cached_quantize
+
+    if not calibration:
+        raise ConfigError(f"{source}: --precision int8 needs calibration tiles: pass slides or training images to "
+                          "calibrate on (pathseg predict calibrates on the slides it predicts), or an INT8 .onnx "
+                          "written by `pathseg export-onnx --precision int8 --calibration ...`")
+    if not info.get("mpp"):
+        raise ConfigError(f"{source}: the model does not record its MPP, which calibration tiles are read at")
+    path = cached_quantize(fp32, list(calibration), tile=tile, mpp=float(info["mpp"]), cache_dir=cache_dir,
+                           mpp_override=mpp_override, log=log)
+    return OnnxBackend(path, stain_norm=stain_norm, source=source, settings=settings)
+
+
+__all__ = ["BACKENDS", "DEFAULT_CPU_BACKEND", "PRECISIONS", "Backend", "NeedsContextError", "OnnxBackend",
+           "TorchBackend", "check_precision", "context_ratio_of", "cpu_threads", "cuda_available", "load_backend",
+           "refuse_context_models", "resolve_backend_name"]

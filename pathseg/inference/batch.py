@@ -291,6 +291,7 @@ def predict_slides(paths: Sequence[str | os.PathLike], checkpoint: str | os.Path
                    overlap: float = 0.5, workers: int = 0, batch_size: int = 8, backend: str = "auto",
                    probabilities: bool = False, blend: str = "mean", min_tissue: float = 0.05,
                    tissue_method: str = "saturation", stain_norm: bool = True, overwrite: bool = False,
+                   precision: str = "auto", calibration: Sequence[str | os.PathLike] | None = None,
                    geojson: dict[str, Any] | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    log: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
@@ -298,7 +299,9 @@ def predict_slides(paths: Sequence[str | os.PathLike], checkpoint: str | os.Path
 
     Errors of one slide (unreadable, no MPP, no tissue, busy, a write failure) are recorded and the run
     goes on; settings errors, a bad checkpoint or an unwritable ``out`` raise before any slide.
-    ``overwrite`` recomputes slides that are already done. ``geojson``: options of
+    ``overwrite`` recomputes slides that are already done. ``precision``: auto | fp32 | fp16 | bf16 | int8
+    (:func:`pathseg.inference.backends.load_backend`); INT8 is calibrated once (cached) on tissue tiles of
+    ``calibration``, by default the slides being predicted. ``geojson``: options of
     :func:`pathseg.inference.writers.label_polygons` (``min_area_um2``, ``simplify``, ``multipolygon``).
     ``progress(name, done, total)`` is called after each batch; ``log`` gets one-line notes.
     """
@@ -319,7 +322,9 @@ def predict_slides(paths: Sequence[str | os.PathLike], checkpoint: str | os.Path
         if log is not None:
             log(note)
     checkpoint = Path(checkpoint)
-    be = load_backend(checkpoint, backend=backend, tile=tile, stain_norm=stain_norm)
+    be = load_backend(checkpoint, backend=backend, tile=tile, stain_norm=stain_norm, precision=precision,
+                      calibration=list(calibration or paths) if precision == "int8" else None,
+                      mpp_override=mpp_override, log=log)
     if be.stain is not None and log is not None:
         log(stain_note(be.info["stain"]))
     model_id = f"{checkpoint.name}:{file_digest(checkpoint)}" if checkpoint.is_file() else str(checkpoint)

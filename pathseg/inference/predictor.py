@@ -4,9 +4,13 @@
 
 1. open the slide (MPP policy of :func:`pathseg.io.slides.open_slide`);
 2. detect tissue at low resolution and lay the tile grid at the model's MPP (:mod:`pathseg.io.tiling`);
-3. read tiles in a DataLoader (``workers`` processes; 0 reads in the main process, the fastest on
-   2 cores), run them through the backend in batches, stitch the probabilities into zarr
-   (:class:`pathseg.inference.stitch.Stitcher`), checkpointing so an interrupted slide resumes;
+3. run the tiles through the backend in batches as a pipeline of three threads, so the model never
+   waits for the disk: a reader thread reads and decodes the next batch and prepares the model's input
+   (stain normalisation included) while the model runs on this one, and a stitcher thread adds the
+   probabilities into zarr (:class:`pathseg.inference.stitch.Stitcher`), checkpointing so an interrupted
+   slide resumes. Tiles are stitched in the same order as by a plain loop, so the outputs are the same.
+   ``workers`` > 0 reads in that many DataLoader processes instead of the reader thread (for slides
+   whose decoding outweighs the model on many cores);
 4. write, each atomically, into ``out/<name>/`` (the slide's stem; see
    :func:`pathseg.inference.batch.output_names` for two slides of one name): ``<stem>.labels.tif`` (pyramidal palette TIFF
    with MPP), ``<stem>.prob-<class>.tif`` (optional), ``<stem>.geojson`` (QuPath), ``<stem>.overlay.png``,
@@ -21,6 +25,13 @@ and writes the new record last; the record, the GeoJSON and the composition CSV 
 A tile that cannot be read is left out (its area stays class 0), counted and named in the record;
 any other failure raises, and :func:`pathseg.cli.slides.predict_slides` moves on to the next slide.
 
+Where the time goes is in the record's ``timings`` (seconds): ``startup_s`` (the process's age when the
+slide starts: interpreter, imports, model loading), ``backend_load_s``, ``open_s``, ``tissue_s``,
+``inference_s`` (the pipelined loop, wall time) and inside it, per thread, ``read_s`` (read and decode),
+``stain_s``, ``normalise_s`` (model input), ``model_s``, ``stitch_s``, the model's waits for the reader
+(``wait_read_s``) and the stitcher (``wait_stitch_s``), ``first_tile_s`` (process age when the first
+probabilities came out), then ``write_s`` and each writer's ``write_<output>_s``, and ``total_s``.
+
 Example:
     >>> be = load_backend("model.ckpt", backend="torch")
     >>> pred = SlidePredictor(be, PredictConfig(tile=512, overlap=0.5))
@@ -33,39 +44,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from pathseg.errors import ConfigError, SlideError
 from pathseg.inference.backends import Backend
-from pathseg.inference.stitch import BLENDS, Stitcher
 from pathseg.inference.batch import SlideLock
-from pathseg.inference.writers import (
-    DEFAULT_MIN_AREA_UM2,
-    MAX_POLYGON_SIDE,
-    composition_rows,
-    label_polygons,
-    versions,
-    write_composition_csv,
-    write_geojson,
-    write_overlay,
-    write_run_record,
-)
-from pathseg.io.files import remove_stale_temporaries, write_image
-from pathseg.io.pyramid import write_label_pyramid, write_pyramid
+from pathseg.inference.stitch import BLENDS, Stitcher
+from pathseg.inference.writers import DEFAULT_MIN_AREA_UM2
+from pathseg.io.files import remove_stale_temporaries
 from pathseg.io.slides import SlideReader, open_slide
 from pathseg.io.tiling import Tile, TilingConfig, grid_tiles, output_size
 from pathseg.io.tissue import TISSUE_DETECTORS, detect_tissue
+
+#: Write the GeoJSON beside the pyramids and PNGs (two threads) rather than one after the other
+#: (measured: benchmarks/results/wsi_inference.md).
+PARALLEL_WRITERS = True
 
 
 class NoTissueError(SlideError):
@@ -82,7 +86,7 @@ class PredictConfig:
         min_tissue: skip tiles with less tissue than this fraction.
         tissue_method: "saturation" or "otsu".
         blend: "mean" (average overlapping tiles) or "gaussian".
-        batch_size, workers: DataLoader batch size and reader processes (0 = main process).
+        batch_size, workers: tiles per model call, and DataLoader reader processes (0 = one reader thread).
         probabilities: also write per-class probability pyramids.
         keep_zarr: keep ``<stem>.zarr`` (labels, probabilities) beside the outputs.
         prob_dtype: "uint8" or "float32" probabilities in the zarr.
@@ -127,7 +131,7 @@ class PredictConfig:
         TilingConfig(tile=self.tile, overlap=self.overlap, mpp=self.mpp or 1.0, min_tissue=self.min_tissue)
 
 
-class TileDataset(Dataset):
+class TileDataset:
     """Reads tiles of one slide; a tile that fails to read comes back with ``ok=False`` and the error.
 
     With ``context_ratio`` r (a HookNet checkpoint), each item also holds the tile's *context*: the
@@ -135,8 +139,11 @@ class TileDataset(Dataset):
     :func:`pathseg.data.context.cut_pair` in training, except that beyond the slide's edge it is the
     slide's white rather than a mirror image.
 
+    :meth:`read` gives numpy arrays (the predictor's reader thread); ``ds[i]`` gives torch tensors, for a
+    torch DataLoader (``workers`` > 0).
+
     Shape:
-        item -> {"index": int, "image": (tile, tile, 3) uint8 tensor, ["context": same], "ok": bool, "error": str}
+        item -> {"index": int, "image": (tile, tile, 3) uint8, ["context": same], "ok": bool, "error": str}
     """
 
     def __init__(self, slide: SlideReader, tiles: list[Tile], order: list[int], *, tile: int, mpp: float,
@@ -147,7 +154,8 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def read(self, i: int) -> dict[str, Any]:
+        """Item ``i`` (of ``order``) with numpy images."""
         t = self.tiles[self.order[i]]
         views = {"image": (t.x0, t.y0, self.mpp)}
         if self.context_ratio:
@@ -161,13 +169,201 @@ class TileDataset(Dataset):
             except SlideError as e:
                 img = np.zeros((self.tile, self.tile, 3), np.uint8)
                 item.update(ok=False, error=str(e))
-            item[key] = torch.from_numpy(np.ascontiguousarray(img))
+            item[key] = np.ascontiguousarray(img)
+        return item
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        item = self.read(i)
+        for key in ("image", "context"):
+            if key in item:
+                item[key] = torch.from_numpy(item[key])
         return item
 
 
 def _worker_init(_: int) -> None:
+    import torch
+
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the MPP-override warning was already shown in the main process
+
+
+def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """DataLoader collate: keep the items (the reader thread stacks them)."""
+    return items
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: from /proc), None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+@dataclass
+class _Batch:
+    indices: list[int]
+    ok: np.ndarray
+    errors: list[str]
+    prepared: Any  # the backend's input for the tiles that were read (None: none was)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Pipeline:
+    """Reader thread -> model (the calling thread) -> stitcher thread, with bounded queues between them.
+
+    The reader reads batches of tiles (or takes them from a DataLoader) and calls ``backend.prepare``; the
+    caller iterates :meth:`batches`, runs the model and hands the probabilities to :meth:`stitch`; the
+    stitcher thread adds them in the order given. Busy and waiting seconds per stage are in ``times``.
+    Exceptions in either thread are raised in the caller.
+    """
+
+    DEPTH = 2  # batches waiting between two stages: enough to hide jitter, little memory
+
+    def __init__(self, ds: TileDataset, backend: Backend, batch_size: int, workers: int,
+                 add: Callable[[_Batch, np.ndarray | None], None]) -> None:
+        self.ds, self.backend, self.batch_size, self.workers, self.add = ds, backend, batch_size, workers, add
+        self.times = {"read_s": 0.0, "stain_s": 0.0, "normalise_s": 0.0, "stitch_s": 0.0, "wait_read_s": 0.0,
+                      "wait_stitch_s": 0.0}
+        self.stop = threading.Event()
+        self.to_model: queue.Queue = queue.Queue(self.DEPTH)
+        self.to_stitch: queue.Queue = queue.Queue(self.DEPTH)
+        self.errors: list[BaseException] = []
+        self.reader = threading.Thread(target=self._read, name="pathseg-tile-reader", daemon=True)
+        self.stitcher = threading.Thread(target=self._stitch, name="pathseg-stitcher", daemon=True)
+
+    # -- reader -------------------------------------------------------------------------------------
+    def _items(self) -> Iterator[list[dict[str, Any]]]:
+        n, b = len(self.ds), self.batch_size
+        if self.workers == 0:
+            for start in range(0, n, b):
+                t = time.perf_counter()
+                items = [self.ds.read(i) for i in range(start, min(start + b, n))]
+                self.times["read_s"] += time.perf_counter() - t
+                yield items
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.ds, batch_size=b, shuffle=False, num_workers=self.workers,
+                            worker_init_fn=_worker_init, collate_fn=_as_list, persistent_workers=False)
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                items = next(it)
+            except StopIteration:
+                return
+            self.times["read_s"] += time.perf_counter() - t
+            yield [{k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in item.items()} for item in items]
+
+    def _put(self, q: queue.Queue, obj: Any) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                q.put(obj, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _read(self) -> None:
+        be = self.backend
+        try:
+            for items in self._items():
+                ok = np.array([it["ok"] for it in items], bool)
+                prepared = None
+                if ok.any():
+                    t = time.perf_counter()
+                    images = be._stain_normalise(np.stack([it["image"] for it, good in zip(items, ok) if good]))
+                    context = None
+                    if "context" in items[0]:
+                        context = be._stain_normalise(np.stack([it["context"] for it, g in zip(items, ok) if g]))
+                    t1 = time.perf_counter()
+                    prepared = be.model_input(images, context)
+                    self.times["stain_s"] += t1 - t
+                    self.times["normalise_s"] += time.perf_counter() - t1
+                self._put(self.to_model, _Batch([int(it["index"]) for it in items], ok,
+                                                [str(it["error"]) for it in items], prepared))
+            self._put(self.to_model, None)
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001  (handed to the caller)
+            self.errors.append(e)
+            self.stop.set()
+
+    # -- stitcher -----------------------------------------------------------------------------------
+    def _stitch(self) -> None:
+        try:
+            while True:
+                try:
+                    got = self.to_stitch.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():  # stopping, and everything handed over is added
+                        return
+                    continue
+                t = time.perf_counter()
+                self.add(*got)
+                self.times["stitch_s"] += time.perf_counter() - t
+        except BaseException as e:  # noqa: BLE001
+            self.errors.append(e)
+            self.stop.set()
+
+    # -- the caller's side --------------------------------------------------------------------------
+    def __enter__(self) -> _Pipeline:
+        self.reader.start()
+        self.stitcher.start()
+        return self
+
+    def batches(self) -> Iterator[_Batch]:
+        while True:
+            t = time.perf_counter()
+            while True:
+                self._raise()
+                try:
+                    got = self.to_model.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    continue
+            self.times["wait_read_s"] += time.perf_counter() - t
+            if got is None:
+                return
+            yield got
+
+    def stitch(self, batch: _Batch, probs: np.ndarray | None) -> None:
+        t = time.perf_counter()
+        while True:
+            self._raise()
+            try:
+                self.to_stitch.put((batch, probs), timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.times["wait_stitch_s"] += time.perf_counter() - t
+
+    def _raise(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def finish(self) -> None:
+        """Stop reading; let the stitcher add everything handed to it; raise what a thread raised."""
+        self.stop.set()
+        self.reader.join()
+        self.stitcher.join()  # it stops once the queue is empty
+        self._raise()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.reader.join()
+        self.stitcher.join()
 
 
 def slide_key(path: Path, cfg: PredictConfig, model_id: str, mpp_override: float | None, out_mpp: float) -> str:
@@ -188,6 +384,8 @@ class SlidePredictor:
         self.model_id = model_id or json.dumps(backend.info, sort_keys=True, default=str)
         if backend.stain is not None:  # other pixels in, other outputs: a run without it is not reused
             self.model_id += f":stain={backend.info['stain']['method']}"
+        if backend.precision not in ("fp32", "fp16"):  # int8, bf16: other numbers, other outputs
+            self.model_id += f":precision={backend.precision}"
         self.progress = progress
         if backend.context_ratio and self.config.tile % 64:
             raise ConfigError(f"{backend.info.get('model')}: the tile size must be a multiple of 64 px for a model "
@@ -195,7 +393,7 @@ class SlidePredictor:
         self.class_names = list(backend.info["class_names"])
         self.colors = [list(c) for c in backend.info.get("colors") or []]
         if len(self.colors) < len(self.class_names):
-            from pathseg.engine.checkpoint import default_colors
+            from pathseg.models.checkpoint import default_colors
 
             self.colors = default_colors(len(self.class_names))
 
@@ -239,6 +437,11 @@ class SlidePredictor:
         path, out_dir = Path(path), Path(out_dir)
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
+        age = process_age_s()
+        if age is not None:
+            timings["startup_s"] = age
+        if getattr(self.backend, "load_s", None) is not None:
+            timings["backend_load_s"] = float(self.backend.load_s)
         out_mpp = self.output_mpp()
         name = name or path.stem
         p = self.paths(out_dir, name)
@@ -301,72 +504,73 @@ class SlidePredictor:
         order = stitcher.plan(n_done)
         resumed = n_done > 0
 
-        # -- inference ------------------------------------------------------------------------------
+        # -- inference: reader thread -> model (here) -> stitcher thread -----------------------------------
         ds = TileDataset(slide, tiles, order, tile=cfg.tile, mpp=out_mpp, context_ratio=self.backend.context_ratio)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
-                            worker_init_fn=_worker_init if cfg.workers else None,
-                            pin_memory=self.backend.device.startswith("cuda"),
-                            persistent_workers=False)
         failed: list[dict[str, Any]] = []
-        t_model = t_stitch = 0.0
+        state = {"since_ckpt": 0}
+
+        def add(batch: _Batch, probs: np.ndarray | None) -> None:  # on the stitcher thread, in order
+            j = 0
+            for idx, good, err in zip(batch.indices, batch.ok, batch.errors):
+                if good:
+                    stitcher.add(idx, probs[j])
+                    j += 1
+                else:
+                    stitcher.add(idx, None)
+                    failed.append({"tile": idx, "x0": tiles[idx].x0, "y0": tiles[idx].y0, "error": err})
+                if idx >= n_done:
+                    stitcher.n_done = idx + 1
+            state["since_ckpt"] += len(batch.indices)
+            if state["since_ckpt"] >= cfg.checkpoint_every:
+                stitcher.checkpoint()
+                state["since_ckpt"] = 0
+
+        t_model = 0.0
+        first_tile = None
         t = time.perf_counter()
         done_in_run = 0
-        since_ckpt = 0
         interrupted = False
-        try:
-            for batch in loader:
-                ok = batch["ok"].numpy()
-                t0 = time.perf_counter()
-                read = torch.as_tensor(ok)
-                probs = None
-                if ok.any():
-                    context = batch["context"][read].numpy() if "context" in batch else None
-                    probs = self.backend(batch["image"][read].numpy(), context)
-                t1 = time.perf_counter()
-                j = 0
-                for idx, good, err in zip(batch["index"].tolist(), ok, batch["error"]):
-                    if good:
-                        stitcher.add(idx, probs[j])
-                        j += 1
-                    else:
-                        stitcher.add(idx, None)
-                        failed.append({"tile": idx, "x0": tiles[idx].x0, "y0": tiles[idx].y0, "error": err})
-                    if idx >= n_done:
-                        stitcher.n_done = idx + 1
-                t_stitch += time.perf_counter() - t1
-                t_model += t1 - t0
-                done_in_run += len(ok)
-                since_ckpt += len(ok)
-                if since_ckpt >= cfg.checkpoint_every:
-                    stitcher.checkpoint()
-                    since_ckpt = 0
-                if self.progress is not None:
-                    self.progress(path.name, done_in_run, len(order))
-                if stop_after is not None and done_in_run >= stop_after:
-                    interrupted = True
-                    break
-        except KeyboardInterrupt:  # keep what was computed: the next run resumes from here
-            stitcher.checkpoint()
-            raise
+        pipe = _Pipeline(ds, self.backend, cfg.batch_size, cfg.workers, add)
+        with pipe:
+            try:
+                for batch in pipe.batches():
+                    t0 = time.perf_counter()
+                    probs = self.backend(prepared=batch.prepared) if batch.prepared is not None else None
+                    t_model += time.perf_counter() - t0
+                    if first_tile is None:
+                        first_tile = process_age_s()
+                    pipe.stitch(batch, probs)
+                    done_in_run += len(batch.indices)
+                    if self.progress is not None:
+                        self.progress(path.name, done_in_run, len(order))
+                    if stop_after is not None and done_in_run >= stop_after:
+                        interrupted = True
+                        break
+                pipe.finish()
+            except KeyboardInterrupt:  # keep what was computed: the next run resumes from here
+                pipe.finish()
+                stitcher.checkpoint()
+                raise
+        timings.update(inference_s=time.perf_counter() - t, model_s=t_model, **pipe.times)
+        if first_tile is not None:
+            timings["first_tile_s"] = first_tile
         if interrupted:
             stitcher.checkpoint()
-            timings.update(inference_s=time.perf_counter() - t, model_s=t_model, stitch_s=t_stitch)
             return {"slide": str(path), "status": "interrupted", "key": key, "tiles_done": stitcher.n_done,
                     "tiles_total": len(tiles), "tiles_run": done_in_run, "output_size": [W, H], "timings": timings}
         if failed and len(failed) > 0.5 * len(order):
             raise SlideError(f"{path}: {len(failed)} of {len(order)} tiles could not be read "
                              f"(first: {failed[0]['error']}); the slide is probably truncated or corrupt; "
                              f"re-export or re-copy it")
-        assert stitcher.finished, "every chunk should be final once all tiles are added"
-        timings["inference_s"] = time.perf_counter() - t
-        timings["model_s"] = t_model
-        timings["stitch_s"] = t_stitch
+        if not stitcher.finished:
+            raise SlideError(f"{path}: {len(stitcher.pending)} output chunks were left unfinished after every tile "
+                             "was added; this is a bug in pathseg, please report it with the run record")
 
         # -- outputs --------------------------------------------------------------------------------
         t = time.perf_counter()
         counts = stitcher.class_counts()
         run_id = uuid.uuid4().hex[:12]
-        outputs = self._write_outputs(slide, path, p, stitcher, tissue, out_mpp, counts, run_id)
+        outputs = self._write_outputs(slide, path, p, stitcher, tissue, out_mpp, counts, run_id, timings)
         timings["write_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
         record = {
@@ -384,6 +588,7 @@ class SlidePredictor:
             "stain_normalisation": None if self.backend.stain is None else self.backend.info["stain"]["method"],
             "model_id": self.model_id[:200],
             "backend": self.backend.name,
+            "precision": self.backend.precision,
             "device": self.backend.device,
             "output_mpp": out_mpp,
             "output_size": [W, H],
@@ -397,42 +602,94 @@ class SlidePredictor:
             "outputs": {k: str(v) for k, v in outputs.items()},
             "timings": timings,
             "tiles_per_s": len(order) / timings["inference_s"] if timings["inference_s"] > 0 else None,
-            "versions": versions(),
+            "versions": _versions(),
         }
+        if self.backend.precision == "int8":
+            record["quantisation"] = self.backend.info.get("calibration")
         shutil.rmtree(p["work"], ignore_errors=True)
         remove_stale_temporaries(p["dir"])  # left by a killed earlier run; this run holds the lock
+        from pathseg.inference.writers import write_run_record
+
         write_run_record(p["record"], record)
         return record
 
     def _write_outputs(self, slide, path, p, stitcher: Stitcher, tissue, out_mpp: float,
-                       counts: np.ndarray, run_id: str) -> dict[str, Path]:
+                       counts: np.ndarray, run_id: str, timings: dict[str, float]) -> dict[str, Path]:
+        from pathseg.inference.writers import (
+            MAX_POLYGON_SIDE,
+            composition_rows,
+            label_polygons,
+            write_composition_csv,
+            write_geojson,
+            write_overlay,
+        )
+        from pathseg.io.files import write_image
+        from pathseg.io.pyramid import write_label_pyramid, write_pyramid
+
         cfg = self.config
         stem = p["dir"].name
         outputs: dict[str, Path] = {}
         labels = stitcher.labels
-        outputs["labels"] = write_label_pyramid(p["labels"], labels, mpp=out_mpp, colors=self.colors,
-                                                class_names=self.class_names)
-        if cfg.probabilities and stitcher.probs is not None:
-            for k, name in enumerate(self.class_names):
-                src = _ProbView(stitcher.probs, k)
-                desc = f"pathseg probability of {name} (0-255)|MPP = {out_mpp:g}"
-                outputs[f"prob-{name}"] = write_pyramid(p["dir"] / f"{stem}.prob-{_safe(name)}.tif", src,
-                                                        mpp=out_mpp, description=desc)
+
+        def timed(name: str, fn: Callable[[], Any]) -> Any:
+            t = time.perf_counter()
+            out = fn()
+            timings[f"write_{name}_s"] = timings.get(f"write_{name}_s", 0.0) + time.perf_counter() - t
+            return out
+
+        def pyramids() -> None:
+            outputs["labels"] = timed("labels", lambda: write_label_pyramid(
+                p["labels"], labels, mpp=out_mpp, colors=self.colors, class_names=self.class_names))
+            if cfg.probabilities and stitcher.probs is not None:
+                for k, name in enumerate(self.class_names):
+                    src = _ProbView(stitcher.probs, k)
+                    desc = f"pathseg probability of {name} (0-255)|MPP = {out_mpp:g}"
+                    outputs[f"prob-{name}"] = timed("probabilities", lambda src=src, name=name, desc=desc:
+                                                    write_pyramid(p["dir"] / f"{stem}.prob-{_safe(name)}.tif", src,
+                                                                  mpp=out_mpp, description=desc))
+
         H, W = labels.shape
         step = max(1, int(np.ceil(max(H, W) / MAX_POLYGON_SIDE)))
-        small = np.asarray(labels[::step, ::step])
-        scale = step * out_mpp / slide.mpp
-        feats = label_polygons(small, self.class_names, self.colors, scale=scale, id_prefix=stem,
-                               min_area=cfg.min_area_um2 / slide.mpp ** 2, simplify=cfg.simplify / step,
-                               multipolygon=cfg.multipolygon, object_type=self.object_type())
-        outputs["geojson"] = write_geojson(p["geojson"], feats, properties={"pathseg_run_id": run_id})
-        thumb, thumb_mpp = slide.thumbnail(2048)
-        tstep = max(1, int(thumb_mpp / out_mpp))
-        outputs["overlay"] = write_overlay(p["overlay"], thumb, np.asarray(labels[::tstep, ::tstep]), self.colors,
-                                           self.class_names)
-        outputs["tissue"] = write_image(p["tissue"], tissue.mask.astype(np.uint8) * 255)
+
+        def geojson() -> None:
+            def run() -> Path:
+                small = np.asarray(labels[::step, ::step])
+                scale = step * out_mpp / slide.mpp
+                feats = label_polygons(small, self.class_names, self.colors, scale=scale, id_prefix=stem,
+                                       min_area=cfg.min_area_um2 / slide.mpp ** 2, simplify=cfg.simplify / step,
+                                       multipolygon=cfg.multipolygon, object_type=self.object_type())
+                return write_geojson(p["geojson"], feats, properties={"pathseg_run_id": run_id})
+
+            outputs["geojson"] = timed("geojson", run)
+
+        def images() -> None:
+            def overlay() -> Path:
+                thumb, thumb_mpp = slide.thumbnail(2048)
+                tstep = max(1, int(thumb_mpp / out_mpp))
+                return write_overlay(p["overlay"], thumb, np.asarray(labels[::tstep, ::tstep]), self.colors,
+                                     self.class_names)
+
+            outputs["overlay"] = timed("overlay", overlay)
+            outputs["tissue"] = timed("tissue", lambda: write_image(p["tissue"], tissue.mask.astype(np.uint8) * 255))
+
+        # the GeoJSON (mostly Python) here, the pyramids and PNGs (compression, outside the GIL) on a thread
+        # beside it: on 2 cores the writers take about the longest of them rather than their sum
+        if PARALLEL_WRITERS:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="pathseg-writer") as pool:
+                done = pool.submit(lambda: (pyramids(), images()))
+                geojson()
+                done.result()
+        else:
+            pyramids()
+            geojson()
+            images()
         rows = composition_rows(counts, self.class_names, out_mpp)
-        outputs["composition"] = write_composition_csv(p["composition"], rows, mpp=out_mpp, run_id=run_id)
+        outputs["composition"] = timed("composition", lambda: write_composition_csv(
+            p["composition"], rows, mpp=out_mpp, run_id=run_id))
+        outputs = {k: outputs[k] for k in ("labels", *(f"prob-{n}" for n in self.class_names), "geojson", "overlay",
+                                           "tissue", "composition") if k in outputs}
         if cfg.keep_zarr:
             stitcher.drop_accumulator()
             if p["zarr"].exists():
@@ -452,6 +709,12 @@ class _ProbView:
     def __getitem__(self, idx: Any) -> np.ndarray:
         a = np.asarray(self.probs[(self.k,) + tuple(idx)])
         return a if a.dtype == np.uint8 else np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+
+
+def _versions() -> dict[str, str]:
+    from pathseg.inference.writers import versions
+
+    return versions()
 
 
 def _read_record(path: Path) -> dict[str, Any]:

@@ -1,12 +1,20 @@
-"""Stitching tile probabilities into disk-backed (zarr) maps, in bounded memory, resumable.
+"""Stitching tile probabilities into zarr maps on disk, in bounded memory, resumable.
 
 Each tile's probabilities are cropped to the tile's kept box (:attr:`Tile.keep`), weighted (``mean``:
 uniform, so overlapping tiles are averaged per pixel; ``gaussian``: a Gaussian centred on the tile,
-sigma = tile/8) and added to an accumulator zarr array ``acc`` of shape (K+1, H, W) (K weighted
-probability sums and the weight sum). The output is cut into chunks; as soon as every tile touching
-a chunk has been added, the chunk is *finalised*: probabilities = sums / weights, labels = argmax,
-per-class pixel counts kept, and the accumulator chunk deleted. Memory holds a few tiles; disk holds
-the finished outputs plus the accumulator chunks still open (about one row of tiles).
+sigma = tile/8) and added to an accumulator of shape (K+1, H, W) (K weighted probability sums and the
+weight sum). The output is cut into chunks; as soon as every tile touching a chunk has been added, the
+chunk is *finalised*: probabilities = sums / weights, labels = argmax, per-class pixel counts kept, and
+the accumulator chunk dropped.
+
+Where the accumulator lives: only the chunks still open (about one row of tiles) exist at any time.
+:meth:`Stitcher.plan` counts the most that will be open at once; when they fit in ``memory_budget`` bytes
+(256 MB by default: every slide without overlap, and 50% overlap up to about 16k px wide) they are numpy
+arrays in memory, otherwise chunks of a zarr array ``acc`` on disk, as in earlier versions. Both give the
+same sums, in the same order, so the outputs are the same bit for bit; memory is only faster (no
+uncompressed 4 MB chunk written and read back per tile). The accumulator never has to outlive a crash
+(see Resume), so memory loses nothing. Per-chunk class counts are kept in memory and written at each
+checkpoint.
 
 Resume. Tiles are added in index order and :meth:`Stitcher.checkpoint` records how many are done. On
 restart (:meth:`Stitcher.plan`) the accumulator chunks that tiles still to do will touch are cleared,
@@ -43,6 +51,9 @@ from pathseg.registry import Registry
 
 BLENDS: Registry = Registry("blend")
 
+#: Default bytes of open accumulator chunks held in memory (see the module docstring).
+MEMORY_BUDGET = 256 * 2**20
+
 
 def _uniform(tile: int) -> np.ndarray:
     return np.ones((tile, tile), np.float32)
@@ -72,11 +83,13 @@ class Stitcher:
         probabilities: also keep per-class probability maps.
         prob_dtype: "uint8" (0..255) or "float32".
         key: identifies the run; a store made with another key is discarded.
+        memory_budget: bytes the open accumulator chunks may take in memory, beyond which they go to disk
+            (None: :data:`MEMORY_BUDGET`).
     """
 
     def __init__(self, store: str | os.PathLike, tiles: list[Tile], size: tuple[int, int], num_classes: int, *,
                  tile: int, blend: str = "mean", probabilities: bool = False, prob_dtype: str = "uint8",
-                 chunk: int | None = None, key: str = "") -> None:
+                 chunk: int | None = None, key: str = "", memory_budget: int | None = None) -> None:
         import zarr
 
         if prob_dtype not in ("uint8", "float32"):
@@ -98,8 +111,6 @@ class Stitcher:
                 self.progress_path.unlink()
             g = zarr.open_group(str(self.store), mode="w")
             C, K = self.C, self.K
-            g.create_array("acc", shape=(K + 1, self.H, self.W), chunks=(K + 1, C, C), dtype="f4", fill_value=0.0,
-                           compressors=None)
             g.create_array("labels", shape=(self.H, self.W), chunks=(C, C), dtype="u1", fill_value=0)
             ny, nx = -(-self.H // C), -(-self.W // C)
             g.create_array("counts", shape=(ny, nx, K), chunks=(1, nx, K), dtype="i8", fill_value=0)
@@ -108,8 +119,13 @@ class Stitcher:
             g.attrs["key"] = key
         g = zarr.open_group(str(self.store), mode="r+")
         self.group = g
-        self.acc, self.labels, self.counts = g["acc"], g["labels"], g["counts"]
-        self.probs = g["probs"] if "probs" in g else None
+        self.labels, self.counts = g["labels"], g["counts"]
+        self.acc = g.get("acc")  # the on-disk accumulator (see memory_budget)
+        self.probs = g.get("probs")
+        self._counts = np.asarray(self.counts[:])  # written to the store at each checkpoint
+        self.memory_budget = MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+        self._open: dict[tuple[int, int], np.ndarray] = {}  # in-memory accumulator chunks
+        self.in_memory = True
         # chunk -> tiles whose kept box touches it, and tile -> chunks
         self.chunk_tiles: dict[tuple[int, int], list[int]] = defaultdict(list)
         self.tile_chunks: list[list[tuple[int, int]]] = []
@@ -139,6 +155,7 @@ class Stitcher:
         """Record that tiles [0, n_done) are added and their finished chunks finalised."""
         if n_done is not None:
             self.n_done = n_done
+        self.counts[...] = self._counts  # before the record that vouches for them
         write_json(self.progress_path, {"key": self.key, "n_done": self.n_done, "n_tiles": len(self.tiles)})
 
     # -- planning -----------------------------------------------------------------------------------
@@ -149,9 +166,40 @@ class Stitcher:
         dirty = {c for i in remaining for c in self.tile_chunks[i]}
         redo = sorted({i for c in dirty for i in self.chunk_tiles[c] if i < n_done})
         for c in dirty:
-            self._clear(c)
             self.pending[c] = len(self.chunk_tiles[c])
-        return redo + list(remaining)
+        order = redo + list(remaining)
+        self.in_memory = self.peak_open_bytes(order) <= self.memory_budget
+        self._open.clear()
+        if self.in_memory:
+            if self.acc is not None:  # an earlier run's on-disk accumulator: not used by this one
+                del self.group["acc"]
+                self.acc = None
+        else:
+            if self.acc is None:
+                C, K = self.C, self.K
+                self.acc = self.group.create_array("acc", shape=(K + 1, self.H, self.W), chunks=(K + 1, C, C),
+                                                   dtype="f4", fill_value=0.0, compressors=None)
+            for c in dirty:
+                self._clear(c)
+        return order
+
+    def peak_open_bytes(self, order: list[int]) -> int:
+        """Bytes of the most accumulator chunks open at once when tiles are added in ``order``."""
+        left = dict(self.pending)
+        is_open: set[tuple[int, int]] = set()
+        peak = 0
+        for i in order:
+            for c in self.tile_chunks[i]:
+                if c not in left:
+                    continue
+                is_open.add(c)
+                left[c] -= 1
+            peak = max(peak, len(is_open))
+            for c in self.tile_chunks[i]:
+                if left.get(c) == 0:
+                    is_open.discard(c)
+                    del left[c]
+        return peak * (self.K + 1) * self.C * self.C * 4
 
     def _chunk_slice(self, c: tuple[int, int]) -> tuple[slice, slice]:
         cy, cx = c
@@ -170,10 +218,13 @@ class Stitcher:
             w = self.weight[ky0:ky1, kx0:kx1]
             p = np.asarray(probs, np.float32)[:, ky0:ky1, kx0:kx1]
             x0, y0, x1, y1 = t.out_box
-            region = self.acc[:, y0:y1, x0:x1]
-            region[: self.K] += p * w
-            region[self.K] += w
-            self.acc[:, y0:y1, x0:x1] = region
+            if self.in_memory:
+                self._add_in_memory(index, p * w, w, (x0, y0))
+            else:
+                region = self.acc[:, y0:y1, x0:x1]
+                region[: self.K] += p * w
+                region[self.K] += w
+                self.acc[:, y0:y1, x0:x1] = region
         for c in self.tile_chunks[index]:
             if c not in self.pending:  # chunk already final (not in this run's plan)
                 continue
@@ -182,21 +233,46 @@ class Stitcher:
                 self._finalise(c)
                 del self.pending[c]
 
+    def _add_in_memory(self, index: int, pw: np.ndarray, w: np.ndarray, origin: tuple[int, int]) -> None:
+        """Add a tile's weighted probabilities ``pw`` (K, h, w) and weights to the open chunks they cover."""
+        x0, y0 = origin
+        h, wd = w.shape
+        for c in self.tile_chunks[index]:
+            if c not in self.pending:  # final already (done before a resume): nothing to add to
+                continue
+            ys, xs = self._chunk_slice(c)
+            a = self._open.get(c)
+            if a is None:
+                a = self._open[c] = np.zeros((self.K + 1, ys.stop - ys.start, xs.stop - xs.start), np.float32)
+            # the overlap of the tile's box and the chunk, in chunk and in tile coordinates
+            cy0, cy1 = max(y0, ys.start), min(y0 + h, ys.stop)
+            cx0, cx1 = max(x0, xs.start), min(x0 + wd, xs.stop)
+            dst = (slice(cy0 - ys.start, cy1 - ys.start), slice(cx0 - xs.start, cx1 - xs.start))
+            src = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+            a[(slice(0, self.K),) + dst] += pw[(slice(None),) + src]
+            a[(self.K,) + dst] += w[src]
+
     def _finalise(self, c: tuple[int, int]) -> None:
         ys, xs = self._chunk_slice(c)
-        a = np.asarray(self.acc[:, ys, xs])
+        if self.in_memory:
+            a = self._open.pop(c, None)
+            if a is None:  # no tile of this chunk could be read
+                a = np.zeros((self.K + 1, ys.stop - ys.start, xs.stop - xs.start), np.float32)
+        else:
+            a = np.asarray(self.acc[:, ys, xs])
         wsum = a[self.K]
         valid = wsum > 0
         p = a[: self.K] / np.where(valid, wsum, 1.0)
         lab = np.where(valid, p.argmax(0), 0).astype(np.uint8)
         self.labels[ys, xs] = lab
-        self.counts[c[0], c[1]] = np.bincount(lab[valid], minlength=self.K)[: self.K]
+        self._counts[c[0], c[1]] = np.bincount(lab[valid], minlength=self.K)[: self.K]
         if self.probs is not None:
             if self.probs.dtype == np.uint8:
                 self.probs[:, ys, xs] = np.round(p * 255).astype(np.uint8)
             else:
                 self.probs[:, ys, xs] = p
-        self.acc[:, ys, xs] = 0.0
+        if not self.in_memory:
+            self.acc[:, ys, xs] = 0.0
 
     @property
     def finished(self) -> bool:
@@ -204,10 +280,12 @@ class Stitcher:
 
     def class_counts(self) -> np.ndarray:
         """Pixels per class over every finalised chunk (pixels no tile covered are not counted)."""
-        return np.asarray(self.counts[:]).reshape(-1, self.K).sum(0)
+        return self._counts.reshape(-1, self.K).sum(0)
 
     def drop_accumulator(self) -> None:
         """Remove the (empty) accumulator once the run is complete."""
+        self.counts[...] = self._counts
+        self._open.clear()
         acc_dir = self.store / "acc"
         if acc_dir.exists():
             shutil.rmtree(acc_dir)

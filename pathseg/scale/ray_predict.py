@@ -75,10 +75,13 @@ class SlideWorker:
         threads: CPU threads for the model (torch and ONNX Runtime).
         cwd: the driver's working directory; relative paths resolve against it when it exists here.
         stain_norm: apply the checkpoint's stain normalisation, if any.
+        precision: auto | fp32 | fp16 | bf16 (:func:`pathseg.inference.backends.load_backend`); INT8 is
+            quantised once by the driver and reaches the workers as an INT8 .onnx.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, out: str | os.PathLike, config: Any, *, backend: str = "auto",
-                 device: str | None = "cpu", threads: int = 1, cwd: str | None = None, stain_norm: bool = True) -> None:
+                 device: str | None = "cpu", threads: int = 1, cwd: str | None = None, stain_norm: bool = True,
+                 precision: str = "auto") -> None:
         self.init_error: str | None = None
         self.out = str(out)
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -94,7 +97,7 @@ class SlideWorker:
             torch.set_num_threads(threads)
             checkpoint, out = Path(checkpoint), Path(out)
             be = load_backend(checkpoint, backend=backend, tile=config.tile,
-                              device=device, threads=threads, stain_norm=stain_norm)
+                              device=device, threads=threads, stain_norm=stain_norm, precision=precision)
             model_id = f"{checkpoint.name}:{file_digest(checkpoint)}" if checkpoint.is_file() else str(checkpoint)
             self.predictor = SlidePredictor(be, config, model_id=model_id)
         except Exception as e:  # reported by info(); the driver stops with it
@@ -170,7 +173,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
 
 def start_workers(checkpoint: str | os.PathLike, out: str | os.PathLike, config: Any, *, workers: int | None = None,
                   cpus_per_worker: float = 1, gpus_per_worker: float = 0, backend: str = "auto",
-                  stain_norm: bool = True) -> tuple[list, list]:
+                  stain_norm: bool = True, precision: str = "auto") -> tuple[list, list]:
     """Create ``workers`` :class:`SlideWorker` actors and wait until each has loaded the model.
 
     ``workers=None``: as many as the cluster's GPUs (``gpus_per_worker`` > 0) or CPUs allow. The model
@@ -198,7 +201,8 @@ def start_workers(checkpoint: str | os.PathLike, out: str | os.PathLike, config:
                                             max_restarts=MAX_RESTARTS, max_task_retries=0)
     actors = [actor.remote(str(checkpoint), str(out), config, backend=backend,
                            device="cpu" if gpus_per_worker == 0 else None,
-                           threads=max(1, int(cpus_per_worker)), cwd=os.getcwd(), stain_norm=stain_norm)
+                           threads=max(1, int(cpus_per_worker)), cwd=os.getcwd(), stain_norm=stain_norm,
+                           precision=precision)
               for _ in range(workers)]
     try:
         infos = ray.get([a.info.remote() for a in actors])
@@ -315,7 +319,7 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
                        probabilities: bool = False, blend: str = "mean", min_tissue: float = 0.05,
                        tissue_method: str = "saturation", stain_norm: bool = True, overwrite: bool = False,
                        min_area: float | None = None, simplify: float | None = None,
-                       multipolygon: bool | None = None, show_progress: bool = True,
+                       multipolygon: bool | None = None, precision: str = "auto", show_progress: bool = True,
                        out_console: Console | None = None) -> list[dict[str, Any]]:
     """:func:`pathseg.inference.batch.predict_slides` on a Ray cluster: same settings, same outputs, same records.
 
@@ -356,7 +360,8 @@ def predict_slides_ray(paths: Sequence[str | os.PathLike], checkpoint: str | os.
     actors: list = []
     try:
         actors, infos = start_workers(checkpoint, out, cfg, workers=workers, cpus_per_worker=cpus_per_worker,
-                                      gpus_per_worker=gpus_per_worker, backend=backend, stain_norm=stain_norm)
+                                      gpus_per_worker=gpus_per_worker, backend=backend, stain_norm=stain_norm,
+                                      precision=precision)
         if infos and infos[0].get("stain"):
             con.print(stain_note(infos[0]["stain"]))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
