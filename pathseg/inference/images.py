@@ -81,7 +81,7 @@ def probabilities(backend: Any, image: np.ndarray) -> np.ndarray:
 def _context_model_probabilities(backend: Any, image: np.ndarray) -> np.ndarray:
     import torch
 
-    x = backend._input(image[None])
+    x = backend._input(backend._host(image[None]))
     with torch.inference_mode():
         return torch.softmax(backend.model(x).float(), dim=1)[0].cpu().numpy()
 

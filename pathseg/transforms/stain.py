@@ -316,11 +316,15 @@ class MacenkoNormalizer:
                 return np.array(image, dtype=np.uint8, copy=True)
             raise self._too_little(image, n_tissue, "Macenko transform tile")
         tissue = np.stack([_OD_TABLE[p[is_tissue]] for p in planes], axis=1)  # (M, 3)
-        he = _stain_matrix_fast(tissue, self.alpha)
-        pinv = _pinv_rows(he)  # (2, 3): least-squares concentrations = OD @ pinv.T
-        max_src = np.array([np.percentile(tissue[:, 0] * r[0] + tissue[:, 1] * r[1] + tissue[:, 2] * r[2],
-                                          self.max_percentile) for r in pinv])
-        cos = float(he[0] @ he[1])
+        with np.errstate(all="ignore"):  # a one-colour tile gives a degenerate (even NaN) stain matrix
+            he = _stain_matrix_fast(tissue, self.alpha)
+        cos = float(he[0] @ he[1]) if np.isfinite(he).all() else 1.0
+        if cos <= MAX_STAIN_COS:
+            pinv = _pinv_rows(he)  # (2, 3): least-squares concentrations = OD @ pinv.T
+            max_src = np.array([np.percentile(tissue[:, 0] * r[0] + tissue[:, 1] * r[1] + tissue[:, 2] * r[2],
+                                              self.max_percentile) for r in pinv])
+        else:
+            max_src = np.zeros(2)
         if cos > MAX_STAIN_COS or max_src.min() < self.beta:  # one colour only: scaling would blow up
             if self.fallback == "identity":
                 return np.array(image, dtype=np.uint8, copy=True)
