@@ -1,4 +1,13 @@
-"""Helpers shared by the benchmark scripts: machine description and the results-file format."""
+"""Helpers shared by the benchmark scripts: machine description, the results-file format, and the notes.
+
+Results go to ``benchmarks/results/<name>.json`` and ``.md``, or under ``$PATHSEG_BENCH_RESULTS`` when set (a
+smoke run of a script writes there, not over the committed tables).
+
+Notes: what a committed table shows (findings, how it was run, a "stale" banner) is prose written after the runs,
+so it is not in the scripts. It lives in ``benchmarks/notes/<name>.md`` and :func:`with_notes` puts it into the
+report each time the script writes it: the text above a line ``<!-- report -->`` goes above the generated report,
+the rest below it (all of it below when there is no such line).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("PATHSEG_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+NOTES = Path(__file__).resolve().parent / "notes"
+REPORT_MARK = "<!-- report -->"
 
 
 def machine() -> str:
@@ -49,3 +60,22 @@ def write_results(name: str, rows: list[dict[str, Any]], markdown: str, *, comma
                                                  "machine": machine(), **extra, "rows": rows})
     write_text(RESULTS / f"{name}.md", markdown)
     return path
+
+
+def notes(name: str) -> tuple[str, str]:
+    """(above, below): the prose of ``benchmarks/notes/<name>.md`` around the generated report ("" when none)."""
+    path = NOTES / f"{name}.md"
+    if not path.is_file():
+        return "", ""
+    text = path.read_text()
+    if REPORT_MARK in text:
+        above, below = text.split(REPORT_MARK, 1)
+        return above.strip(), below.strip()
+    return "", text.strip()
+
+
+def with_notes(name: str, report: str) -> str:
+    """The generated ``report`` with the notes of ``name`` above and below it (see the module docstring)."""
+    above, below = notes(name)
+    parts = [p for p in (above, report.strip(), below) if p]
+    return "\n\n".join(parts) + "\n"

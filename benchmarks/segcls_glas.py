@@ -1,20 +1,25 @@
 """Segmentation from few masks + many classification labels (Ciga & Martel 2021) on real GlaS.
 
 Classes: background, benign gland, malignant gland (GlaS grade view); classification label of a
-classification image: its GlaS grade. 6 of the 20 staged training images (3 benign, 3 malignant, whole
-patients, holdout seed 0) are held out and scored; of the other 14, ⌈s·14⌉ are segmentation images
-(s ∈ {5, 10, 25, 50, 100}%, drawn round-robin over grades per seed) and the rest classification images.
+classification image: its GlaS grade. 6 of the 85 GlaS training images (balanced over grades, whole
+patients where possible, holdout seed 0) are held out and scored; of the other 79, ⌈s·79⌉ are segmentation
+images (s ∈ {5, 10, 25, 50, 100}%, drawn round-robin over grades per seed) and the rest classification images.
 S trains on the segmentation images only, S+C also on the classification images. 3 seeds each. At
 s = 100% no classification image is left, so S+C is the S run (recorded once, copied with a note).
+The report states the image counts of the rows it holds (the committed table ran on the earlier 20-image set).
 
-CPU scale-down (written into the results): configs/segcls/glas_bench.yaml (GlaS at 0.25 scale, 64 px
-patches, classification grid stride 48, batch 20, one torch thread), model segcls from scratch (no
-ImageNet weights offline), Adam at --lr (published 1e-4) for --steps steps, segmentation patches
-forming --seg-share of each batch (published: pooled, None).
+A row is a config and two library calls: configs/segcls/glas_bench.yaml with the row's overrides, trained by
+pathseg.engine.train.train and scored by pathseg.engine.train.evaluate with the paper's metrics
+(pathseg.metrics.segcls.segcls_metrics). CPU scale-down (written into the results): GlaS at 0.25 scale, 64 px
+patches, classification grid stride 48, batch 20, one torch thread, model segcls from scratch (no ImageNet
+weights offline), Adam at --lr (published 1e-4) for --steps steps.
 
     python benchmarks/segcls_glas.py [--steps 120] [--lr 1e-3] [--seeds 0,1,2] [--fractions 0.05,0.1,0.25,0.5,1]
+    PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/segcls_glas.py --steps 2 --seeds 0 --fractions 1 --methods S
+                                                                      # smallest run, results under /tmp/r
 
-Resumable: rows already in benchmarks/results/segcls_glas.json are skipped; --plot-only redraws.
+Resumable: rows already in benchmarks/results/segcls_glas.json are skipped; --plot-only redraws. The findings
+prose is benchmarks/notes/segcls_glas.md (see benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from common import RESULTS, write_results  # noqa: E402
+from common import RESULTS, with_notes, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "segcls_glas"
@@ -64,37 +69,25 @@ def run_one(method: str, fraction: float, seed: int, args) -> dict:
     train_s = time.time() - t0
     metrics, summary = score(res["checkpoint"], cfg)
     return {
-        "method": method, "dataset": "glas_grade_20", "fraction": fraction, "seed": seed,
+        "method": method, "dataset": f"glas_grade_{summary['train_images'] + summary['test_images']}",
+        "fraction": fraction, "seed": seed,
         "metrics": metrics, "seconds": round(time.time() - t0, 1), "train_seconds": round(train_s, 1),
         "steps": args.steps, "data": summary,
     }
 
 
 def score(checkpoint: str, cfg) -> tuple[dict, dict]:
-    """Metrics of the paper on the held-out whole images, from one confusion matrix."""
-    import torch
-
+    """Metrics of the paper on the held-out whole images, from one confusion matrix (the library's evaluate)."""
     from pathseg.data.patches import SegClsPatches
-    from pathseg.engine.checkpoint import load_model
-    from pathseg.methods.base import predict_logits
-    from pathseg.metrics import confusion_matrix
+    from pathseg.engine.train import evaluate
     from pathseg.metrics.segcls import segcls_metrics
-    from pathseg.transforms import to_tensor
 
-    opts = dict(cfg.data.options)
-    train_ds = SegClsPatches(split="train", **opts)
-    test = SegClsPatches(split="test", **opts)
-    model, _ = load_model(checkpoint)
-    cm = np.zeros((test.num_classes,) * 2, np.int64)
-    with torch.inference_mode():
-        for i in range(len(test)):
-            t = to_tensor(test[i])
-            pred = predict_logits(model, t["image"][None], channels_last=False).argmax(1)[0]
-            cm += confusion_matrix(t["mask"].numpy(), pred.numpy(), test.num_classes)
-    m = segcls_metrics(cm, test.class_names)
+    m = evaluate(checkpoint, cfg, "test", metrics=segcls_metrics)
     keep = {k: round(float(m[k]), 4) for k in (*METRICS, "F1_micro", "precision_macro", "recall_macro",
                                               "IoU/benign_gland", "IoU/malignant_gland")}
-    summary = {**train_ds.summary(), "seg_ids": train_ds.seg_ids, "test_ids": test.test_ids}
+    train_ds = SegClsPatches(split="train", **dict(cfg.data.options))
+    summary = {**train_ds.summary(), "train_images": len(train_ds.train_ids),
+               "seg_ids": train_ds.seg_ids, "test_ids": train_ds.test_ids}
     return keep, summary
 
 
@@ -125,45 +118,6 @@ def relative(rows: list[dict], metric: str) -> dict[tuple[str, float], tuple[flo
     return {k: (float(np.mean(v)), float(np.std(v))) for k, v in out.items()}
 
 
-FINDINGS = """
-How this table was run: three processes, one per seed (`--seeds N --name segcls_pN`, one torch thread each,
-side by side on the 2 shared cores with other benchmarks, so the per-run seconds include contention), merged
-with `--merge segcls_p0,segcls_p1,segcls_p2 --plot-only`. 1,000 steps of batch 20 per run (the previous
-version of this table used 120 steps at constant lr; S at s = 100% rose from F1 0.43 ± 0.11 to 0.48 ± 0.01).
-
-**The paper's finding does not hold here.** At s = 5% (one segmentation image) S reaches 0.61 ± 0.09 of
-S@100% in F1 (0.59 in IoU), inside the paper's 55-70% band for S; S+C reaches 0.65 ± 0.14 (0.63), far
-below the paper's 85-90%. Paired by seed, S+C minus S in F1 is +0.067, +0.097 and -0.107 at 5%, and of
-mixed sign at every s (10%: -0.056 / +0.269 / -0.211; 25%: +0.132 / 0.000 / -0.146; 50%: +0.217 / +0.005 /
--0.072). No gap between S and S+C in this table is larger than the seed spread.
-
-What the runs show:
-
-1. *The ceiling is flat, so the relative axis is compressed.* S at s = 100% (F1 0.480 ± 0.013) is no better
-   than S at 10-50% (0.48-0.51): from two segmentation images on, more masks do not raise the score on the
-   6 held-out images at this budget. The limit is the task at this scale (benign against malignant gland
-   from 160 µm fields at ~2.5 µm/px, a ResNet-18 from scratch, 14 training images from few patients), not
-   the number of masks. Every ratio from s = 10% on is therefore about 1.0 ± seed noise, and the curve
-   cannot show the paper's rise.
-2. *At s = 5% the one segmentation image is benign in all three seeds* (train_8, train_2, train_12: the
-   round-robin draw starts with the benign grade), so S never predicts malignant gland (IoU 0.000). The
-   classification images of malignant grade should teach that class. With the published pooled sampling
-   they did not: S+C ends at malignant IoU 0.001. Its gain is on the benign class (IoU 0.25 against 0.18)
-   and foreground accuracy (0.34 against 0.28).
-3. *Classification labels help the gland pixels and cost background.* S+C has the higher foreground
-   accuracy (pixels whose truth is a gland) at every s < 100%: 0.34 / 0.54 / 0.65 / 0.72 against
-   0.28 / 0.46 / 0.53 / 0.48. It has the lower pixel accuracy at s ≥ 10% (0.55 / 0.56 / 0.55 against
-   0.56 / 0.62 / 0.58). Every GlaS image is benign or malignant, so no classification patch is labelled
-   background (BACH has "normal"). The class vector pools all pixels, so L_cls pushes every pixel of a patch,
-   stroma included, toward the image's gland class. Only L_seg holds the background, and at s = 5% the
-   segmentation patches are 4-10% of the pooled patches (seg_share in the results).
-
-The earlier 120-step table also had an ablation with segmentation patches repeated to half of each batch
-(`--ablation --seg-share 0.5`). It was not re-run at 1,000 steps (CPU time); it is in git history with the
-120-step results.
-"""
-
-
 def _table(rows: list[dict], methods: list[str]) -> list[str]:
     agg = aggregate(rows)
     rel_f1, rel_iou = relative(rows, "F1_macro"), relative(rows, "IoU")
@@ -188,13 +142,24 @@ def _table(rows: list[dict], methods: list[str]) -> list[str]:
     return out
 
 
+def image_counts(rows: list[dict]) -> tuple[int, int]:
+    """(training images, held-out images) of the GlaS split the rows were run on (from their data summaries)."""
+    if not rows:
+        return 0, 0
+    d = rows[0]["data"]
+    train = d.get("train_images") or max(r["data"]["seg_images"] + r["data"]["cls_images"] for r in rows)
+    return int(train), int(d["test_images"])
+
+
 def markdown(rows: list[dict], ablation: list[dict], command: str, scale: str) -> str:
+    n_train, n_test = image_counts(rows)
     lines = [
         "# Segmentation + classification labels (Ciga & Martel 2021) on GlaS: S vs S+C",
         "",
-        "GlaS grade view (background / benign gland / malignant gland), 20 staged training images: 6 held out "
-        "(3 benign, 3 malignant, whole patients) and scored as whole images; of the other 14, ⌈s·14⌉ are "
-        "segmentation images, the rest classification images (label = grade). Mean ± std over seeds; "
+        f"GlaS grade view (background / benign gland / malignant gland), {n_train + n_test} training images: "
+        f"{n_test} held out (balanced over grades, whole patients) and scored as whole images; of the other "
+        f"{n_train}, ⌈s·{n_train}⌉ are segmentation images, the rest classification images (label = grade). "
+        "Mean ± std over seeds; "
         "'rel. to S@100%' divides by the mean of S at s = 100% (the paper's Figure 3 axis). At s = 100% no "
         "classification image is left, so the S+C row repeats the S runs.",
         "",
@@ -221,9 +186,7 @@ def markdown(rows: list[dict], ablation: list[dict], command: str, scale: str) -
             *_table(both, labels),
             "",
         ]
-    if FINDINGS:
-        lines += ["## Findings", "", FINDINGS.strip(), ""]
-    return "\n".join(lines) + "\n"
+    return with_notes(NAME, "\n".join(lines))
 
 
 def plot(rows: list[dict], path: Path, ablation: list[dict] | None = None) -> None:
@@ -334,7 +297,8 @@ def main() -> None:
              f"batch 20, Adam lr {args.lr:g} " + ("constant" if not args.poly_power else f"with poly decay (power "
              f"{args.poly_power:g})") + f" (published 1e-4 constant; raised for {steps} steps from scratch), "
              f"{steps} steps per run, one torch thread, Macenko to train_1, S+C batches drawn from the pooled "
-             f"patches (published); 14 training / 6 held-out images")
+             f"patches (published); {image_counts(rows)[0] or 'the'} training / {image_counts(rows)[1] or 'held-out'} "
+             "held-out images")
 
     main_cmd = f"python benchmarks/segcls_glas.py --steps {steps} --lr {args.lr:g} --poly-power {args.poly_power:g}"
 

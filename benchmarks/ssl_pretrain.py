@@ -18,6 +18,12 @@ are kept in results/ssl_pretrain.json and skipped. Run:
 
     nice -n 10 python benchmarks/ssl_pretrain.py                # everything (about 25 min on 2 shared cores)
     nice -n 10 python benchmarks/ssl_pretrain.py --seeds 0      # fewer rows
+    PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/ssl_pretrain.py --datasets monuseg --seeds 0 --pretrain-steps 2 \
+        --ft-steps 2 --work /tmp/ssl_smoke --fresh                  # smallest run, results under /tmp/r
+
+Pretraining goes through the library (pathseg.engine.pretrain.pretrain); the fine-tuning rows still run their own
+short loop (fine_tune), to be moved onto pathseg.engine.train.train. The findings prose of each table is
+benchmarks/notes/<results name>.md (see benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import load_rows, write_results  # noqa: E402
+from common import load_rows, with_notes, write_results  # noqa: E402
 
 NAME = "ssl_pretrain"
 METHODS = ("random", "simsiam", "dsf")
@@ -227,62 +233,13 @@ def fine_tune(weights: dict[str, str] | None, data: dict, labeled: list[str], se
     return {"F1": float(m["Dice/1"]), "accuracy": float(m["accuracy"])}, time.time() - t0
 
 
-#: What the committed tables show, by fine-tuned model (written from the numbers after the runs)
-FINDINGS = {"unet": """
-Run: `--datasets monuseg --seeds 0,1 --name ssl_p1`, then `--datasets glas --seeds 2 --name ssl_p1`, and
-`--datasets glas --seeds 0,1 --name ssl_p2`, then `--datasets monuseg --seeds 2 --name ssl_p2` (all with
-`--work runs/bench/ssl_v2 --ft-steps 300 --budget-min 1000`, two processes side by side), merged with
-`--fresh --merge ssl_p1,ssl_p2 --name ssl_pretrain`. 45 fine-tuning runs, 54 rows.
-
-- The paper's order (DSF-WSI > SimSiam > random, gap largest at 1%) holds only in part, and not significantly.
-  At the fewest labels (one labelled image, MoNuSeg 1% and GlaS 1%/10%), both pretrained encoders are above
-  random init in the mean, and that is where the gap is largest (MoNuSeg 1%: SimSiam +0.098, DSF-WSI +0.090
-  F1). Paired by seed, though, the MoNuSeg gain comes from one seed, in which random init failed (F1 0.271).
-  The other two seeds give -0.173 / +0.052 (SimSiam) and -0.024 / -0.030 (DSF-WSI). On GlaS the gain is
-  +0.02-0.03, inside the seed spread (per seed -0.046 to +0.076).
-- DSF-WSI does not beat SimSiam: 0.562 against 0.569 on MoNuSeg 1%, 0.603 against 0.600 on GlaS 1%. It has
-  the smaller spread at MoNuSeg 1% (std 0.035 against 0.146). Its pretraining cost 2x SimSiam's (2,280 s
-  against 1,143 s).
-- With more labels, pretraining hurts, and consistently so. At MoNuSeg 10%, both encoders are 0.036 F1 below
-  random init, all 3 seeds negative for both. At MoNuSeg 50% they are 0.018 / 0.027 below, and at GlaS 50%
-  0.045 / 0.024 below.
-- One SimSiam run diverged. At MoNuSeg 1%, seed 1, it predicts nuclei almost everywhere: accuracy 0.239,
-  F1 0.364. Hence SimSiam's accuracy 0.635 ± 0.281 in that cell.
-
-Why, as far as this run shows:
-- The pretraining is tiny: 500 steps, 8,000 target patches of 64 px in all, against the paper's hundreds of
-  epochs over many slides. It did not settle either. The SimSiam loss was at -0.83 (floor -1) at step 500.
-  DSF-WSI's context and fusion terms reached -1.6 / -1.5 (floor -2.2) near step 300, then fell back to
-  -0.07 / +0.14 by step 500 at the constant lr 1e-3. So the exported DSF-WSI weights come from a point where
-  the cross-branch terms were not being met.
-- Neither encoder collapsed. The spread of the l2-normalised pooled features over 64 MoNuSeg test patches,
-  sqrt(d)·std (1 for spread-out features, 0 for collapse), at stages 1-4:
-  random 0.17 / 0.10 / 0.10 / 0.13; SimSiam 0.27 / 0.33 / 0.51 / 0.57; DSF-WSI target 0.42 / 0.44 / 0.31 / 0.23;
-  DSF-WSI context 0.44 / 0.48 / 0.44 / 0.33.
-- Fine-tuning retrains everything: 300 Adam steps at 1e-3 on all layers. With 3 or more labelled images, random
-  init catches up within those steps at this scale.
-- A hypothesis, not tested here: SimSiam's colour jitter (hue 0.1, saturation 0.4) and 20% greyscale teach
-  features that ignore colour. Haematoxylin's colour is the main cue for nuclei, and that would fit the
-  consistent loss at 10-50% on MoNuSeg.
-""", "hooknet": """
-Run: one process per seed, `--work runs/bench/ssl_v2 --ft-steps 300 --budget-min 1000 --model hooknet
---datasets monuseg --seeds N --name ssl_hooknet_monuseg[_sN]`, merged with `--fresh --merge
-ssl_hooknet_monuseg,ssl_hooknet_monuseg_s1,ssl_hooknet_monuseg_s2 --name ssl_pretrain_hooknet`. 27 runs, MoNuSeg
-only: the GlaS rows were not run (CPU time).
-
-- With HookNet, the published fine-tuning model, no encoder gains anything over random init. At 1%: random 0.582,
-  SimSiam 0.574, DSF-WSI 0.557 F1, per-seed deltas of mixed sign (DSF-WSI -0.064 / +0.053 / -0.061). At 10%
-  and 50% all three are within 0.014 of each other. The paper's DSF-WSI > SimSiam > random is not seen.
-- HookNet's context does not beat the U-Net at this scale, the same encoder init and seed compared (table file
-  ssl_pretrain.json). From random init, HookNet is +0.11 at 1%, all of it from the seed in which the U-Net failed
-  (+0.357, then -0.068 / +0.040). It is -0.023 at 10% and -0.020 at 50%. From the pretrained encoders, the two
-  models are within 0.01 in the mean.
-- HookNet did make the 1% fine-tunes steadier: F1 std 0.080 from random init (U-Net 0.145), and no all-nuclei
-  divergence.
-- Two things stand against context here. MoNuSeg is nuclei, where a 2x field of view adds little (the paper
-  segments tumour regions). And the context is 64 px at 1.0 µm/px: a 64 µm field around a 32 µm target. This says
-  nothing about HookNet on tissue-region tasks.
-"""}
+def labelled_counts(rows: list[dict], dataset: str) -> str:
+    """"1, 7, 36 at 1%, 10%, 50%": the labelled images of each fraction in the rows of ``dataset``."""
+    counts = {f: sorted({r.get("labeled_images", len(r.get("labeled", []))) for r in rows
+                         if r["dataset"] == dataset and r["fraction"] == f}) for f in FRACTIONS}
+    shown = [(f, c) for f, c in counts.items() if c]
+    return (", ".join("/".join(map(str, c)) for _, c in shown) + " at "
+            + ", ".join(f"{int(f * 100)}%" for f, _ in shown)) if shown else "no rows yet"
 
 
 def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
@@ -333,10 +290,6 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
                     cells.append(f"{meth} {np.mean(d):+.3f} ± {np.std(d):.3f} ({', '.join(f'{x:+.3f}' for x in d)})")
             if cells:
                 lines.append(f"- {ds} {int(f * 100)}%: " + "; ".join(cells))
-    if FINDINGS[args.model]:
-        lines += ["", "## Findings", "", "(Written for the runs before the issue-15 fixes: lr scaling, two-backbone "
-                  "SimSiam, equal resolution, CTFM projection and hook; re-check them against a new run.)", "",
-                  FINDINGS[args.model].strip()]
     lines += ["", "## Scale (everything here is far below the paper's)", "",
               f"- Pretraining: ResNet-18, {args.pretrain_steps} steps, batch {args.pretrain_batch} context patches "
               f"(64 px at 1.0 µm/px) x 4 target patches (64 px at 0.5 µm/px, 2:1, 2x2 per context), Adam 1e-3 "
@@ -351,9 +304,10 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               "- Unlabelled data: 3 slides in ../shared/data/slides (two without MPP metadata, taken as 0.5 µm/px), "
               f"30 MoNuSeg training images, the {args.glas_train} GlaS training images (not the {GLAS_HOLDOUT} "
               "held out).",
-              f"- Labelled images: MoNuSeg 30 training images -> 1, 3, 15 at 1%, 10%, 50%; GlaS (only 20 images are "
-              f"staged here: {args.glas_train} train, {GLAS_HOLDOUT} held out) -> 1, 1, 4: at 1% and 10% the split is "
-              "the same single image, so those GlaS rows are one run reported twice (same_split_as).",
+              f"- Labelled images: MoNuSeg 30 training images -> 1, 3, 15 at 1%, 10%, 50%; GlaS "
+              f"({args.glas_train + GLAS_HOLDOUT} images: {args.glas_train} train, {GLAS_HOLDOUT} held out) -> "
+              f"{labelled_counts(rows, 'glas')}. Where two fractions give the same split, the row is one run "
+              "reported twice (same_split_as).",
               f"- Fine-tuning: {MODEL_TEXT[args.model]} (same for all), {args.ft_steps} Adam steps (lr {args.lr}, poly decay 0.9), batch "
               f"{args.ft_batch} random {args.crop} px crops + flips/rot90; both datasets at {FT_MPP:g} µm/px, the "
               f"pretraining's target MPP (MoNuSeg x{finetune_scales(FT_MPP)['monuseg']:.3g}, GlaS "
@@ -368,7 +322,7 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               + f" (MoNuSeg: 14 official test "
               f"images; GlaS: {GLAS_HOLDOUT} seeded held-out training images), pixel metrics pooled over the set.",
               ""]
-    return "\n".join(lines)
+    return with_notes(NAME if args.model == "unet" else f"{NAME}_hooknet", "\n".join(lines))
 
 
 def main() -> None:

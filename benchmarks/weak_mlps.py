@@ -7,8 +7,9 @@ fully supervised DeepLabV3+ with the same network, steps and batch as the ceilin
 
 Data (patch labels derived from the masks, a class present at >= 5% of the patch; training never sees
 a mask except in the supervised ceiling):
-  glas       GlaS 3-class grade view, the 20 staged train images at 0.5 scale, 112 px patches;
-             6 images held out for scoring (3 benign, 3 malignant), 14 for training.
+  glas       GlaS 3-class grade view, the 85 training images at 0.5 scale, 112 px patches;
+             6 fixed images held out for scoring (3 benign, 3 malignant), 79 for training (the committed
+             table ran on the earlier 20-image set: 14 for training).
   synthetic  synthetic tissue (5 classes), 96 px patches of 192 px images, its own test split.
 
 Scale-down (to fit ~30 min of one shared CPU thread for everything): ResNet-18 encoders without
@@ -16,8 +17,13 @@ pretrained weights (paper: ResNet-38 / DeepLabV3+ from ImageNet), STEPS steps of
 Adam 1e-3, flips + 90° rotations only; the PDA schedule's 20 "epochs" are compressed into STEPS steps
 (epoch = STEPS/20 steps, warm-up 3 epochs, σ 0.985, floor 0.65).
 
-Resumable: finished rows are kept in results/weak_mlps.json; runs resume from their checkpoints.
+Every model is a config and a call to the library's driver (pathseg.engine.train.train); the gated model is
+scored by pathseg.engine.train.evaluate and the pseudo masks by pathseg.data.pseudo_masks.score_pseudo_masks.
+Resumable: finished rows are kept in results/weak_mlps.json; runs resume from their checkpoints. The findings
+prose is benchmarks/notes/weak_mlps.md (see benchmarks/common.py).
 Usage: python benchmarks/weak_mlps.py [--datasets glas,synthetic] [--steps 80] [--out runs/bench_weak]
+Smallest: PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/weak_mlps.py --datasets synthetic --steps 2 --fresh \
+          --out /tmp/bench_weak
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load_rows, write_results  # noqa: E402
+from benchmarks.common import RESULTS, load_rows, with_notes, write_results  # noqa: E402
 
 NAME = "weak_mlps"
 GLAS_TEST = ["train_8", "train_15", "train_22", "train_5", "train_11", "train_16"]
@@ -75,20 +81,18 @@ def row(method: str, dataset: str, metrics: dict, seconds: float, class_names: l
 
 
 def run(args) -> None:
-    import lightning as L
-
+    from pathseg.data.pseudo_masks import score_pseudo_masks
     from pathseg.engine.config import load_config
     from pathseg.engine.data import build_dataset
     from pathseg.engine.train import evaluate, train
     from pathseg.methods.weak.mlps import gate_checkpoint
     from pathseg.methods.weak.pseudo import write_pseudo_masks
-    from pathseg.metrics import SegmentationMetrics
 
     torch.set_num_threads(1)
     name = args.name
     rows = load_rows(name) if not args.fresh else []
     extra = {"scale_down": {}, "pseudo_mask_quality": []}
-    prev = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    prev = RESULTS / f"{name}.json"
     if prev.exists() and not args.fresh:
         old = json.loads(prev.read_text())
         extra["pseudo_mask_quality"] = old.get("pseudo_mask_quality", [])
@@ -116,8 +120,7 @@ def run(args) -> None:
         ep = max(1, steps // 20)
 
         def fit(method: str, overrides: list[str]) -> dict:
-            L.seed_everything(0, verbose=False)
-            cfg = load_config(None, base_overrides(steps, batch, root / _slug(method)) + overrides)
+            cfg = load_config(None, base_overrides(steps, batch, root / _slug(method)) + overrides)  # seed 0
             t0 = time.time()
             res = train(cfg)
             res["wall"] = time.time() - t0
@@ -151,14 +154,7 @@ def run(args) -> None:
         write_pseudo_masks(cls_ckpt, train_ds, pm, batch_size=16)
         pm_seconds = time.time() - t0
         if not any(q["dataset"] == ds for q in extra["pseudo_mask_quality"]):
-            from pathseg.io.files import read_image
-
-            for layer in ("mid", "late", "final"):
-                m = SegmentationMetrics(len(class_names), class_names=class_names)
-                for i in range(len(train_ds)):
-                    s = train_ds[i]
-                    m.update(s["mask"], read_image(pm / layer / f"{s['meta']['id']}.png", mode=None))
-                r = m.compute()
+            for layer, r in score_pseudo_masks(train_ds, pm).items():
                 extra["pseudo_mask_quality"].append({"dataset": ds, "layer": layer, "mIoU": r["mIoU"],
                                                       "accuracy": r["accuracy"], "seconds": round(pm_seconds, 1)})
             save()
@@ -194,55 +190,6 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s).strip("_").lower()
 
 
-FINDINGS = """
-How these were run: `python benchmarks/weak_mlps.py --datasets glas --steps 400 --name weak_glas_400 --fresh`
-and the same with `--datasets synthetic --name weak_syn_400`, as two processes (one torch thread each, beside
-other benchmarks on the 2 shared cores, so the `s` column includes contention), merged with
-`python benchmarks/weak_mlps.py --fresh --merge weak_glas_400,weak_syn_400`. Every model gets 400 Adam steps
-(lr 1e-3, poly decay 0.9) of batch 8, the ceiling included; the 20 PDA "epochs" are 20 steps each, so μ falls
-to 0.77 by the end, not to the floor 0.65. One seed. The previous version of this table ran 40-60 steps.
-
-**The paper's finding (MLPS + gate within about 2 mIoU points of full supervision) does not hold here**: the
-gap is 20 points on the synthetic set and larger on GlaS (table above).
-
-Synthetic tissue, 5 classes, where the method works as a method:
-- *Phase 2 reproduces its pseudo masks and does not get past them.* The final-layer Grad-CAM masks score 0.79
-  mIoU against the true masks of the training patches, and phase 2 trained on them scores 0.80 on the test
-  images. The ceiling learns from exact masks and reaches 0.94. The 15-20 point gap is the quality of the
-  Grad-CAM masks: CAMs at 1/8 resolution, upsampled bilinearly, blur class borders on 96 px patches.
-- *MLPS (0.74) is below its best single layer (final, 0.80) here.* It gives weight 0.2 to the late layer,
-  whose masks are the worst of the three (0.66), and 0.2 to the mid layer (0.77). The paper's premise is that
-  the layers' errors are complementary; here the best layer is the deepest, and mixing in the others costs 5
-  points.
-- *The gate changes nothing* (0.737 against 0.741): with 5 classes spread over 192 px images, most test
-  patches hold most classes, so few probabilities fall below ε = 0.1.
-- *Phase 1: PDA beats constant dropout attention and loses to no attention* (CAM mIoU 0.69 against 0.59 and
-  0.75; classifier per-label accuracy on the held-out patches 0.53, 0.48 and 0.80). Erasing the most
-  discriminative regions slows the classifier; in 400 steps it has not caught up.
-
-GlaS, 3-class grade view (background / benign gland / malignant gland): the weak path fails.
-- *The phase-1 classifiers never learn the grade.* Their per-label accuracy on the held-out patches is
-  0.54-0.62 (exact label-set match 0.22-0.36), and every phase-1 row segments everything as background (mIoU
-  0.138 = background IoU 0.413 / 3). Grade is a property of the gland's shape and the whole image; a 112 px
-  patch at half resolution seen 400 times, with 14 training images, does not teach a ResNet-18 from scratch to
-  tell benign from malignant glands.
-- *The pseudo masks localise anyway, because they use the true patch labels.* Grad-CAM is restricted to the
-  classes in the label, so the masks reach mIoU 0.30 (mid), 0.44 (late) and 0.21 (final) on the training
-  patches. Phase 2 on the late-layer masks gives 0.24 and on the mid-layer masks 0.20, with the malignant
-  class at IoU 0.30-0.41.
-- *The final layer's masks are mostly background, and training on them collapses.* That holds for the final
-  layer alone and for MLPS, which gives the final layer weight 0.6: both segment everything as background
-  (0.138), so the gate has nothing left to remove.
-- *The ceiling is low too* (0.395; benign gland 0.31, malignant 0.44): with exact masks and the same 400
-  steps, telling the grades apart is the hard part of this view. The best weak row (late layer, 0.236)
-  is 16 points below it, MLPS + gate 26.
-
-What would test the claim: an ImageNet or self-supervised encoder (the paper used ResNet-38 from ImageNet),
-epochs rather than hundreds of steps, and, for GlaS, tissue classes that a patch can show (LUAD-HistoSeg /
-BCSS-WSSS, whose readers exist) rather than a grade.
-"""
-
-
 def markdown(rows: list[dict], extra: dict) -> str:
     lines = ["# MLPS ablation (Han et al. 2022, Table III layout), scaled down to one CPU thread", ""]
     for ds in ("glas", "synthetic"):
@@ -267,9 +214,7 @@ def markdown(rows: list[dict], extra: dict) -> str:
             lines += ["", f"MLPS + gate vs full supervision: {100 * (gate['metrics']['mIoU'] - ceil['metrics']['mIoU']):+.1f} "
                       "mIoU points (paper: within about 2)."]
         lines.append("")
-    if FINDINGS:
-        lines += ["## Findings", "", FINDINGS.strip(), ""]
-    return "\n".join(lines)
+    return with_notes(NAME, "\n".join(lines))
 
 
 def main() -> None:

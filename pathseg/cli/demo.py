@@ -47,12 +47,24 @@ def column_titles(grid: np.ndarray, titles: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([band, grid], axis=0)
 
 
+def demo_row(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, colors) -> np.ndarray:
+    """image | truth | prediction side by side: the truth in flat class colours, the prediction drawn as
+    ``pathseg predict`` draws its overlays (:func:`pathseg.inference.writers.overlay_image`, the same blend).
+
+    Shape:
+        image (H, W, 3) uint8, truth and pred (H, W) class indices -> (H, 3 W, 3) uint8.
+    """
+    from pathseg.inference.writers import colorize, overlay_image
+
+    return np.concatenate([image, colorize(truth, colors), overlay_image(image, pred, colors)], axis=1)
+
+
 def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dict:
     from pathseg.cli.common import metrics_markdown, metrics_table
     from pathseg.engine.checkpoint import load_model
     from pathseg.engine.data import build_dataset
     from pathseg.engine.train import describe_training, evaluate, per_class, train
-    from pathseg.inference.writers import colorize, overlay_image, with_legend
+    from pathseg.inference.writers import with_legend
     from pathseg.models.predict import predict_logits, to_model_input
 
     cfg = demo_config(out, steps, seed)
@@ -66,8 +78,7 @@ def run_demo(out: Path, *, steps: int = 200, seed: int = 0, console=None) -> dic
         with torch.inference_mode():
             pred = predict_logits(model, to_model_input(s["image"], info["mean"], info["std"])).argmax(1)[0].numpy()
         truth = np.where(s["mask"] == 255, 0, s["mask"])
-        rows.append(np.concatenate([s["image"], colorize(truth, info["colors"]),
-                                    overlay_image(s["image"], pred, info["colors"], alpha=0.6)], axis=1))
+        rows.append(demo_row(s["image"], truth, pred, info["colors"]))
     grid = np.concatenate(rows, axis=0)
     write_image(out / "overlay.png", with_legend(column_titles(grid, ("image", "truth", "prediction")),
                                                  info["class_names"], info["colors"]))

@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Teacher (ResNet-18, weak labels) -> student (RCCNet) -> expert fine-tuning; resumable."""
         from pathseg.errors import ConfigError
-        from pathseg.methods.distill.cells import CellBank, DistillConfig, run_distill
+        from pathseg.engine.distill import CellBank, DistillConfig, run_distill
 
         order = ["teacher", "student", "finetune"]
         if stage != "all" and stage not in order:

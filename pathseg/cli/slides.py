@@ -26,12 +26,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pathseg.cli.common import console, friendly
 from pathseg.errors import DataError
 from pathseg.inference.batch import check_writable, expand_inputs, failure_record
 from pathseg.io.slides import is_slide_file
-
-console = Console(stderr=True)
-
 
 
 def is_slide(path: str | os.PathLike) -> bool:
@@ -300,8 +298,6 @@ def export_onnx_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``tissue-mask``, ``tile`` and ``export-onnx`` to the pathseg app."""
-    from pathseg.cli.main import friendly  # imported here: main imports this module
-
     app.command("tissue-mask")(friendly(tissue_mask_command))
     app.command("tile")(friendly(tile_command))
     app.command("export-onnx")(friendly(export_onnx_command))

@@ -1,6 +1,7 @@
 """Run configuration: YAML files with typed sections, checked when loaded.
 
-An unknown key is reported with a "did you mean"; ``key=value`` overrides use dotted paths
+The YAML-to-dataclass machinery (``read_yaml``, overrides, typed building) is :mod:`pathseg.configfile`,
+re-exported here. An unknown key is reported with a "did you mean"; ``key=value`` overrides use dotted paths
 (``optim.lr=0.001``, ``method.params.lambda_cont=0.1``) and YAML values.
 
 Example:
@@ -18,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from pathseg.configfile import _build, _check_type, _merge, _set_dotted, apply_overrides, read_yaml  # noqa: F401
 from pathseg.errors import ConfigError
-from pathseg.registry import did_you_mean
 
 
 def default_train_transforms() -> list[dict[str, Any]]:
@@ -219,90 +220,9 @@ def check_resume(config_file: str | Path, cfg: Config) -> None:
         )
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__} {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, val in values.items():
-        if key not in fields:
-            raise ConfigError(
-                f"{where + ': ' if where else ''}unknown key {key!r}.{did_you_mean(key, list(fields))} Valid keys: {', '.join(fields)}"
-            )
-        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[key] = _build(sub, val or {}, f"{where}.{key}" if where else key)
-        else:
-            kwargs[key] = _check_type(val, fields[key], f"{where}.{key}" if where else key)
-    return cls(**kwargs)
-
-
-def _check_type(val: Any, f: dataclasses.Field, where: str) -> Any:
-    t = str(f.type)
-    if val is None:
-        if "None" in t:
-            return None
-        raise ConfigError(f"{where}: a value is required ({t})")
-    if t.startswith("int") and not (isinstance(val, int) and not isinstance(val, bool)):
-        if not ("str" in t and isinstance(val, str)):
-            raise ConfigError(f"{where}: expected an integer, got {val!r}")
-    if t.startswith("float") and not isinstance(val, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {val!r}")
-    if t == "bool" and not isinstance(val, bool):
-        raise ConfigError(f"{where}: expected true or false, got {val!r}")
-    if t.startswith("str") and not t.startswith("str |") and not isinstance(val, str):
-        raise ConfigError(f"{where}: expected a string, got {val!r}")
-    if t.startswith("float"):
-        val = float(val)
-    return val
-
-
-def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    cur = d
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-        if not isinstance(cur, dict):
-            raise ConfigError(f"override {dotted}: {k!r} is not a section")
-    cur[keys[-1]] = value
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file; a top-level ``include: other.yaml`` (relative path) is merged underneath."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    inc = raw.pop("include", None)
-    if inc:
-        raw = _merge(read_yaml(path.parent / inc), raw)
-    return raw
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw = read_yaml(path) if path else {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.001")
-        key, value = item.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            parsed = value
-        _set_dotted(raw, key.strip(), parsed)
+    raw = apply_overrides(read_yaml(path) if path else {}, overrides, example="optim.lr=0.001")
     where = str(path) if path else "config"
     try:
         return check_values(_build(Config, raw, ""))

@@ -131,5 +131,5 @@ def build_val_loader(cfg: Config, split: str | None = None, *, rank: int = 0, wo
     if len(ds) == 0:
         raise DataError(f"{cfg.data.dataset}: split {split or cfg.data.val_split!r} is empty")
     view = TensorView(ds, None, cache=cfg.data.cache)
-    return DataLoader(view, batch_size=1, sampler=ShardSampler(len(ds), rank, world_size), num_workers=0,
-                      collate_fn=collate), ds
+    return DataLoader(view, batch_size=getattr(ds, "eval_batch_size", 1),  # fixed-size items (cells) may batch
+                      sampler=ShardSampler(len(ds), rank, world_size), num_workers=0, collate_fn=collate), ds

@@ -40,10 +40,12 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 
@@ -490,26 +492,31 @@ def periodic_checkpoints(ckpt_dir: Path, every: int, keep_last: int) -> L.pytorc
                                                save_top_k=0, monitor=None)
 
 
-def evaluate(checkpoint: str | Path, cfg: Config, split: str | None = None) -> dict[str, Any]:
-    """Score a checkpoint on a dataset split: every metric from one confusion matrix."""
+def evaluate(checkpoint: str | Path, cfg: Config, split: str | None = None, *,
+             metrics: Callable[[np.ndarray, list[str]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score a checkpoint on a dataset split (default ``data.val_split``): every metric from one confusion matrix.
+
+    Whole images one at a time, as validation scores them (:func:`~pathseg.engine.data.build_val_loader`).
+    ``metrics(cm, class_names)`` reads another set of metrics from the same confusion matrix (e.g.
+    :func:`pathseg.metrics.segcls.segcls_metrics`); the default is
+    :func:`~pathseg.metrics.confusion.metrics_from_confusion` (mIoU, Dice, accuracy, per class).
+    """
     set_threads(cfg.trainer.threads)
     model, info = load_model(checkpoint)
     model.to(memory_format=torch.channels_last)
     ds = build_dataset(cfg, split or cfg.data.val_split)
     if ds.class_names != info["class_names"]:
-        from pathseg.errors import ConfigError
-
         raise ConfigError(
             f"{checkpoint}: the model predicts classes {info['class_names']} but dataset {cfg.data.dataset!r} "
             f"has {ds.class_names}; evaluate on a dataset with the same class map"
         )
-    metrics = SegmentationMetrics(len(ds.class_names), class_names=ds.class_names)
-    loader, _ = build_val_loader(cfg, split)
+    acc = SegmentationMetrics(len(ds.class_names), class_names=ds.class_names)
+    loader, _ = build_val_loader(cfg, split, dataset=ds)
     with torch.inference_mode():
         for batch in loader:
             pred = predict_logits(model, batch["image"]).argmax(1)
-            metrics.update(batch["mask"], pred)
-    return metrics.compute()
+            acc.update(batch["mask"], pred)
+    return acc.compute() if metrics is None else metrics(acc.cm, list(ds.class_names))
 
 
 def per_class(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -521,18 +528,30 @@ def per_class(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 def resolve_mpp(cfg: Config, ds) -> float | None:
     """The resolution model.ckpt records (µm/px): ``data.mpp`` when set, else what the dataset's samples record.
 
-    Reading the first sample's ``meta["mpp"]`` may fail only as the dataset itself fails (the error is
-    raised). ``data.mpp`` differing from the recorded value wins with a warning; neither of them gives None,
-    with a warning that slide prediction will then need ``--mpp`` (set ``data.mpp`` to record it).
+    Reading the first sample's ``meta["mpp"]`` fails only as the dataset itself fails: the error is raised, as a
+    :class:`DataError` naming the dataset when it is not already a pathseg error. ``data.mpp`` differing from the
+    recorded value wins with a warning; neither of them (or a recorded value that is not a positive number) gives
+    None, with a warning that slide prediction will then need ``--mpp`` (set ``data.mpp`` to record it).
     """
+    from pathseg.errors import PathsegError
+
     stated = cfg.data.mpp
-    recorded = None
+    recorded, odd = None, "records no resolution (µm/px)"
     if len(ds):
-        sample = ds[0]
+        try:
+            sample = ds[0]
+        except PathsegError:
+            raise
+        except Exception as e:
+            raise DataError(f"dataset {cfg.data.dataset!r}: reading its first {cfg.data.val_split!r} sample, to record "
+                            f"the resolution model.ckpt keeps, failed ({type(e).__name__}: {e}); fix the dataset's "
+                            "files or data.options") from e
         meta = sample.get("meta") if isinstance(sample, dict) else None
         value = meta.get("mpp") if isinstance(meta, dict) else None
         recorded = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0 \
             else None
+        if value is not None and recorded is None:
+            odd = f"records mpp={value!r}, not a positive number of µm/px,"
     if stated is not None:
         if recorded is not None and abs(recorded - stated) > 0.01 * stated:
             warnings.warn(f"data.mpp={stated} overrides the {recorded} µm/px that dataset {cfg.data.dataset!r} "
@@ -540,7 +559,7 @@ def resolve_mpp(cfg: Config, ds) -> float | None:
         return float(stated)
     if recorded is None:
         warnings.warn(
-            f"dataset {cfg.data.dataset!r} records no resolution (µm/px) for its images, so model.ckpt records "
+            f"dataset {cfg.data.dataset!r} {odd} for its images, so model.ckpt records "
             "mpp=None and `pathseg predict` on whole slides will ask for --mpp; set data.mpp=<µm per pixel> "
             "(e.g. 0.5 at 20x) to record it", stacklevel=2)
     return recorded

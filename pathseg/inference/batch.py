@@ -8,7 +8,7 @@ The CLI, the Ray runner and a notebook all go through these functions:
 - :func:`output_names` gives each input a unique output name (two ``a.svs`` from different folders do
   not share ``out/a/``);
 - :func:`refuse_replacing_inputs` stops a run whose outputs would overwrite one of its inputs;
-- :class:`SlideLock` keeps two runs from writing the same slide's outputs at once;
+- :class:`SlideLock` (from :mod:`pathseg.inference.locks`) keeps two runs from writing the same slide's outputs at once;
 - :func:`predict_one` runs one slide and turns its failure into a record; :func:`predict_slides` is the
   local loop over a batch (the Ray loop is :func:`pathseg.scale.ray_predict.predict_slides_ray`).
 
@@ -21,11 +21,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pathseg.errors import DataError, PathsegError
+from pathseg.inference.locks import SlideBusyError, SlideLock
 from pathseg.io.slides import OPENSLIDE_SUFFIXES, PILLOW_SUFFIXES, TIFF_SUFFIXES, is_slide_file
 
 #: Companion files of slide formats, skipped without a note (MIRAX data folders, thumbnails).
@@ -170,78 +168,6 @@ def check_writable(folder: str | os.PathLike) -> Path:
         raise DataError(f"{folder}: output folder is not writable ({e.strerror or e}); pick another --out or fix "
                         f"its permissions") from e
     return folder
-
-
-class SlideBusyError(DataError):
-    """Another live run is writing this slide's outputs."""
-
-
-class SlideLock:
-    """``<out>/<name>/.<name>.lock`` held while a run writes a slide's outputs.
-
-    Taken with an exclusive create; holds ``{"pid", "host", "started"}``. A lock whose process is gone
-    (same host, no such pid) is stale: it is taken over with a warning. A live one raises
-    :class:`SlideBusyError` naming the other run. Released (deleted) on exit, also on an exception.
-    """
-
-    def __init__(self, folder: str | os.PathLike, name: str) -> None:
-        self.path = Path(folder) / f".{name}.lock"
-        self.held = False
-
-    def _owner(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _alive(owner: dict[str, Any]) -> bool:
-        if owner.get("host") != socket.gethostname():
-            return True  # another machine's run: cannot check, so respect it
-        try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, KeyError, ValueError, TypeError):
-            return True
-        return True
-
-    def acquire(self) -> "SlideLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None:  # being written this instant, or garbage: look again
-                    time.sleep(0.05)
-                    owner = self._owner()
-                if owner is not None and self._alive(owner):
-                    raise SlideBusyError(
-                        f"{self.path.parent}: another pathseg run (pid {owner.get('pid')} on {owner.get('host')}, "
-                        f"since {owner.get('started')}) is writing these outputs; wait for it to finish, or use "
-                        f"another --out. If that run is gone, delete {self.path}") from None
-                warnings.warn(f"{self.path}: taking over a stale lock (pid {owner and owner.get('pid')} is gone)",
-                              stacklevel=2)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise SlideBusyError(f"{self.path}: could not take the lock; another run keeps taking it")
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "SlideLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 def failure_record(path: Path, e: BaseException) -> dict[str, Any]:

@@ -7,7 +7,7 @@ importing a training method.
 """
 
 from pathseg.models.factory import DECODERS, ENCODERS, NETWORKS, SegModel, create_model, load_encoder_weights
-from pathseg.models import cam, segcls, tconv  # noqa: F401,E402  (register cam, <decoder>_gated, segcls, *_tconv)
+from pathseg.models import cam, cells, segcls, tconv  # noqa: F401,E402  (register cam, cells, <decoder>_gated, segcls, *_tconv)
 from pathseg.models.hooknet import build_hooknet  # noqa: E402
 
 NETWORKS.register("hooknet", build_hooknet)

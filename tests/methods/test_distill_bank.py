@@ -26,7 +26,8 @@ def _write_cells(path, boxes_and_names):
 
 
 def test_nuclei_no_expert_outline_covers_are_unknown_and_not_fine_tuned_on(tmp_path):
-    from pathseg.methods.distill.cells import DistillConfig, build_cell_bank, run_distill
+    from pathseg.engine.distill import run_distill
+    from pathseg.methods.distill.cells import DistillConfig, build_cell_bank
 
     torch.set_num_threads(1)
     # 8 nuclei, 6x6 px each, on a 2 x 4 grid; ids 1..8 in raster order of their first pixel
@@ -66,8 +67,6 @@ def stain_setup(tmp_path_factory):
     """A random tiny U-Net saved with a fitted Macenko state, an image of another centre, a cell classifier."""
     from pathseg.data.synth import render_region
     from pathseg.models.checkpoint import save_model_checkpoint
-    from pathseg.methods.distill.cells import _save_classifier
-    from pathseg.methods.distill.rccnet import create_classifier
     from pathseg.models import create_model
     from pathseg.transforms.stain import MacenkoNormalizer
 
@@ -80,7 +79,7 @@ def stain_setup(tmp_path_factory):
     image = render_region(2000, 3000, 64, 64, seed=0, centre=0)["image"]
     write_image(d / "images" / "img.png", image)
     clf = d / "clf.pt"
-    _save_classifier(clf, create_classifier("rccnet", len(CLASSES), in_size=16), "rccnet", CLASSES, size=16, scale=1.0)
+    save_model_checkpoint(clf, create_model("rccnet", num_classes=len(CLASSES), in_size=16), CLASSES)
     return d, ckpt, clf, image, norm
 
 

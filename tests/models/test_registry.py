@@ -30,4 +30,4 @@ def test_every_model_family_is_registered_without_the_training_methods():
     assert got["first"] == got["after_methods"]
     decoders, _, networks, families = got["first"]
     assert {"unet", "unet_tconv", "unetplusplus_tconv", "cam", "unet_gated", "segcls"} <= set(decoders)
-    assert networks == ["hooknet"] and families == ["vit"]
+    assert networks == ["hooknet", "rccnet", "resnet18_small"] and families == ["vit"]  # + the cell classifiers

@@ -9,7 +9,8 @@ the authors' LUAD-HistoSeg step) becomes ``IGNORE_INDEX``. Files::
     out/<layer>/<patch id>.png     8-bit label map (class index; 255 = ignore), layer in mid/late/final
     out/pseudo_masks.json          class names, layers, classifier checkpoint, count
 
-Reading (dataset ``pseudo_masks``, :class:`PseudoMaskDataset`): wraps the dataset the masks were
+Reading (dataset ``pseudo_masks``, :class:`~pathseg.data.pseudo_masks.PseudoMaskDataset`, in the data
+layer so every dataset registers together): wraps the dataset the masks were
 written from; its training split returns the patch with the three layers' masks packed into the one
 ``mask`` array (so every paired transform moves them together, nearest-neighbour):
 
@@ -29,12 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pathseg.data.base import DATASETS, SegmentationDataset
+from pathseg.data.base import SegmentationDataset
+from pathseg.data.pseudo_masks import INDEX_FILE, PseudoMaskDataset, pack_masks, unpack_masks  # noqa: F401
 from pathseg.errors import ConfigError, DataError
 from pathseg.methods.weak.gradcam import LAYERS, layer_grad_cams
-from pathseg.sample import IGNORE_INDEX, Sample, make_sample
-
-INDEX_FILE = "pseudo_masks.json"
+from pathseg.sample import IGNORE_INDEX
 
 
 # -- label maps -----------------------------------------------------------------------------------
@@ -57,21 +57,6 @@ def white_mask(image: np.ndarray, threshold: int | None) -> np.ndarray | None:
     if threshold is None:
         return None
     return (np.asarray(image) >= threshold).all(-1)
-
-
-def pack_masks(mid: np.ndarray, late: np.ndarray, final: np.ndarray) -> np.ndarray:
-    """Pack three label maps (values 0..255) into one int64 map (see module docstring)."""
-    return final.astype(np.int64) + 256 * late.astype(np.int64) + 65536 * mid.astype(np.int64)
-
-
-def unpack_masks(packed: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`pack_masks`; pixels ignored in ``final`` are ignored in every layer.
-
-    Shape: packed (B, H, W) int64 -> {"mid", "late", "final"}: (B, H, W) int64.
-    """
-    final, late, mid = packed % 256, (packed // 256) % 256, packed // 65536
-    ignored = final == ignore_index
-    return {k: v.masked_fill(ignored, ignore_index) for k, v in (("mid", mid), ("late", late), ("final", final))}
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -133,53 +118,3 @@ def write_pseudo_masks(
                                   "checkpoint": str(checkpoint), "patches": len(dataset),
                                   "white_threshold": white_threshold})
     return {"out": str(out), "written": written, "skipped": skipped, "layers": list(LAYERS)}
-
-
-# -- reading --------------------------------------------------------------------------------------
-@DATASETS.register("pseudo_masks")
-class PseudoMaskDataset(SegmentationDataset):
-    """A dataset whose training masks are MLPS pseudo masks (packed, see the module docstring).
-
-    Options:
-        masks: the folder ``pathseg pseudo-masks`` wrote.
-        dataset, options: the dataset the masks were written from (its registered name and options).
-    """
-
-    name = "pseudo_masks"
-    download_hint = "Write the masks first: pathseg pseudo-masks --checkpoint <phase 1 model.ckpt> ..."
-
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", *, masks: str,
-                 dataset: str, options: dict[str, Any] | None = None) -> None:
-        import pathseg.data  # noqa: F401
-        import pathseg.data.patch_labels  # noqa: F401
-
-        opts = dict(options or {})
-        if root is not None:
-            opts["root"] = root
-        self.base = DATASETS.get(dataset)(split=split, **opts)
-        self.split, self.root, self.masks = split, getattr(self.base, "root", None), Path(masks)
-        self.class_names = list(self.base.class_names)
-        self.ids = list(self.base.ids)
-        self.sources = list(getattr(self.base, "sources", [""] * len(self.ids)))
-        if split == "train":
-            if not (self.masks / INDEX_FILE).is_file():
-                raise DataError(f"{self.masks}: no {INDEX_FILE}; {self.download_hint}")
-            missing = [i for i in self.ids[:1000] if not (self.masks / "final" / f"{i}.png").exists()]
-            if missing:
-                raise DataError(f"{self.masks}: no pseudo mask for {len(missing)} patches (first {missing[0]}); "
-                                "run pathseg pseudo-masks again with the same data options (it resumes)")
-
-    def load(self, i: int) -> Sample:
-        s = self.base[i]
-        if self.split != "train":
-            return s
-        from pathseg.io.files import read_image
-
-        sid = self.ids[i]
-        layers = [read_image(self.masks / layer / f"{sid}.png", mode=None) for layer in LAYERS]
-        if layers[0].shape != s["image"].shape[:2]:
-            raise DataError(f"{self.masks}/mid/{sid}.png: size {layers[0].shape} differs from the patch "
-                            f"{s['image'].shape[:2]}; the masks were written from other data options")
-        packed = pack_masks(*layers)
-        return make_sample(s["image"], packed, id=sid, labels=s["labels"], source=s["meta"].get("source", ""),
-                           mpp=s["meta"].get("mpp"), path=s["meta"].get("path", ""))
