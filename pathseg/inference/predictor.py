@@ -59,7 +59,7 @@ import numpy as np
 
 from pathseg.errors import ConfigError, SlideError
 from pathseg.inference.backends import Backend
-from pathseg.inference.batch import SlideLock
+from pathseg.inference.locks import SlideLock
 from pathseg.inference.stitch import BLENDS, Stitcher
 from pathseg.inference.writers import DEFAULT_MIN_AREA_UM2
 from pathseg.io.files import remove_stale_temporaries
@@ -617,10 +617,11 @@ class SlidePredictor:
                        counts: np.ndarray, run_id: str, timings: dict[str, float]) -> dict[str, Path]:
         from pathseg.inference.writers import (
             MAX_POLYGON_SIDE,
+            LabelLevels,
             composition_rows,
-            label_polygons,
+            map_strips,
             write_composition_csv,
-            write_geojson,
+            write_label_geojson,
             write_overlay,
         )
         from pathseg.io.files import write_image
@@ -637,9 +638,11 @@ class SlidePredictor:
             timings[f"write_{name}_s"] = timings.get(f"write_{name}_s", 0.0) + time.perf_counter() - t
             return out
 
+        levels = LabelLevels(labels, p["work"])  # each pyramid level from the one before; the overlay reuses one
+
         def pyramids() -> None:
             outputs["labels"] = timed("labels", lambda: write_label_pyramid(
-                p["labels"], labels, mpp=out_mpp, colors=self.colors, class_names=self.class_names))
+                p["labels"], levels, mpp=out_mpp, colors=self.colors, class_names=self.class_names))
             if cfg.probabilities and stitcher.probs is not None:
                 for k, name in enumerate(self.class_names):
                     src = _ProbView(stitcher.probs, k)
@@ -652,13 +655,12 @@ class SlidePredictor:
         step = max(1, int(np.ceil(max(H, W) / MAX_POLYGON_SIDE)))
 
         def geojson() -> None:
-            def run() -> Path:
-                small = np.asarray(labels[::step, ::step])
-                scale = step * out_mpp / slide.mpp
-                feats = label_polygons(small, self.class_names, self.colors, scale=scale, id_prefix=stem,
-                                       min_area=cfg.min_area_um2 / slide.mpp ** 2, simplify=cfg.simplify / step,
-                                       multipolygon=cfg.multipolygon, object_type=self.object_type())
-                return write_geojson(p["geojson"], feats, properties={"pathseg_run_id": run_id})
+            def run() -> Path:  # strip by strip from the store: memory does not grow with the slide
+                return write_label_geojson(
+                    p["geojson"], map_strips(labels, step), self.class_names, self.colors,
+                    scale=step * out_mpp / slide.mpp, id_prefix=stem, min_area=cfg.min_area_um2 / slide.mpp ** 2,
+                    simplify=cfg.simplify / step, multipolygon=cfg.multipolygon, object_type=self.object_type(),
+                    properties={"pathseg_run_id": run_id})
 
             outputs["geojson"] = timed("geojson", run)
 
@@ -666,7 +668,7 @@ class SlidePredictor:
             def overlay() -> Path:
                 thumb, thumb_mpp = slide.thumbnail(2048)
                 tstep = max(1, int(thumb_mpp / out_mpp))
-                return write_overlay(p["overlay"], thumb, np.asarray(labels[::tstep, ::tstep]), self.colors,
+                return write_overlay(p["overlay"], thumb, levels[0:H:tstep, 0:W:tstep], self.colors,
                                      self.class_names)
 
             outputs["overlay"] = timed("overlay", overlay)
@@ -685,6 +687,7 @@ class SlidePredictor:
             pyramids()
             geojson()
             images()
+        levels.close()
         rows = composition_rows(counts, self.class_names, out_mpp)
         outputs["composition"] = timed("composition", lambda: write_composition_csv(
             p["composition"], rows, mpp=out_mpp, run_id=run_id))
