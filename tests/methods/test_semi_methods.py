@@ -195,3 +195,28 @@ def test_unet_terms_act_on_the_semantic_feature_not_the_last_16_channel_map():
     out = m.training_losses(_batch())
     assert seen["cross"] == (torch.Size([2, 64, 8, 8]), torch.Size([2, 2, 8, 8]))
     assert torch.isfinite(out["loss"])
+
+
+def test_control_runs_the_methods_forwards_but_trains_on_the_supervised_loss_alone():
+    """The evidence protocol's control row: CRCFP's views and terms, none of them in the loss."""
+    # U-Net: no dropout, so the labelled pass does not depend on the random draws of the unlabelled views
+    ctrl = _method("crcfp", "unet", control=True)
+    sup = _method("crcfp", "unet", weight_cont=0, weight_cross=0, weight_ent=0)  # same weights (seed 0), L_sup only
+    sd_c, sd_s = ctrl.model.state_dict(), sup.model.state_dict()
+    assert sd_c.keys() == sd_s.keys() and all(torch.equal(sd_c[k], sd_s[k]) for k in sd_c)
+    seen = _spy_views(ctrl)
+    out_c = ctrl.training_losses(_batch())
+    out_s = sup.training_losses(_batch())
+    assert seen == [["labeled", "unlabeled", "crop1", "crop2"]]  # the method's four forward passes
+    assert all(torch.isfinite(out_c[f"loss/{t}"]) for t in ("cont", "cross", "ent"))  # computed and logged
+    assert out_c["loss/cross"].item() > 0 and out_c["loss/ent"].item() > 0
+    assert out_c["loss"].item() == out_c["loss/sup"].item() == pytest.approx(out_s["loss"].item(), rel=1e-6)
+    out_c["loss"].backward()
+    out_s["loss"].backward()
+    grads_c = {n: p.grad for n, p in ctrl.model.named_parameters()}
+    for n, p in sup.model.named_parameters():  # the gradient is L_sup's alone
+        assert torch.allclose(grads_c[n], p.grad, atol=1e-6), n
+    assert all(h.weight.grad is None for hs in ctrl.cross.aux.heads.values() for h in hs)  # no loss reaches them
+    # but the unlabelled views moved the batch-norm statistics: the confound the control row carries
+    bn_c, bn_s = ctrl.model.encoder.bn1.running_mean, sup.model.encoder.bn1.running_mean
+    assert not torch.allclose(bn_c, bn_s)

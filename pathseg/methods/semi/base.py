@@ -9,6 +9,12 @@ context-aware contrastive term, :class:`~pathseg.methods.semi.cct.CCT` the cross
 :class:`~pathseg.methods.semi.crcfp.CRCFP` both plus entropy). A term whose weight is 0 is neither
 built nor computed, so the ablation schemes are pure configuration.
 
+Control (``control=True``): the confound control of the evidence protocol (docs/evidence.md). Every
+configured term is built, computed and logged exactly as in the method, so the step runs the method's
+forward passes (the unlabelled views pass through the model in training mode and move its batch-norm
+statistics, the auxiliary heads run), but no term enters the loss: the gradient is L_sup's alone. A table
+row "CRCFP, control" then separates what the extra views do from what the new losses do.
+
 Warm-up: for the first ``warmup_steps`` optimiser steps only L_sup is computed (the unlabelled batch
 is not even encoded). The papers count the warm-up in epochs (CRCFP: 5); pathseg's loop counts an
 "epoch" as ``trainer.val_every`` steps, so ``warmup_steps = 5 * trainer.val_every`` reproduces it.
@@ -50,7 +56,8 @@ class SemiMethod(Method):
     """Base of the semi-supervised methods: supervised step, warm-up, and the weighted unsupervised terms.
 
     Shared parameters (``method.params``): ``warmup_steps`` (0), ``grid_stride`` (8), ``joint_forward``
-    (False: one forward pass per view, as the papers), ``view_transforms`` (the photometric per-view
+    (False: one forward pass per view, as the papers), ``control`` (False: True computes every term but
+    adds none to the loss, see the module docstring), ``view_transforms`` (the photometric per-view
     augmentation of the authors' loaders, :data:`~pathseg.methods.semi.views.DEFAULT_VIEW_TRANSFORMS`;
     ``[]`` for none).
     """
@@ -68,6 +75,7 @@ class SemiMethod(Method):
         warmup_steps: int = 0,
         grid_stride: int = 8,
         joint_forward: bool = False,
+        control: bool = False,
         view_transforms: Sequence[dict[str, Any]] = DEFAULT_VIEW_TRANSFORMS,
         **kwargs: Any,
     ) -> None:
@@ -80,6 +88,7 @@ class SemiMethod(Method):
             raise ConfigError(f"method.params.grid_stride must be >= 1, got {grid_stride}")
         self.warmup_steps = int(warmup_steps)
         self.joint_forward = bool(joint_forward)
+        self.control = bool(control)
         self.view_transforms = [dict(t) for t in view_transforms]
         self.augment = ViewAugment(self.view_transforms)  # the full unlabelled view: photometric only
         self.feature_stride, self.semantic_stride, self.semantic_channels = feature_strides(model)
@@ -149,7 +158,8 @@ class SemiMethod(Method):
             else:
                 value = entropy_loss(logits_u)
             out[f"loss/{name}"] = value
-            total = total + terms[name] * value
+            if not self.control:
+                total = total + terms[name] * value
         out["loss"] = total
         return out
 
