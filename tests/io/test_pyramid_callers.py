@@ -113,9 +113,9 @@ def test_the_writer_rejects_what_a_tiff_cannot_hold(tmp_path):
 KNOWN_OTHER_WRITERS = {
     "benchmarks/wsi_inference.py":
         "make_slide repeats the 4k synthetic block into a 32k JPEG pyramid with its own TiffWriter loop, and the "
-        "MONAI/TIAToolbox arms save labels with tifffile.imwrite. To remove when make_slide calls "
-        "write_pyramid(path, renderer, shapes=..., channels=3, compression='jpeg', compression_level=90) and the "
-        "arms call write_label_pyramid.",
+        "MONAI/TIAToolbox arms save labels with tifffile.imwrite. The arms run in the anchors' venv, which has no "
+        "pathseg (docs/anchors.md), so their writer stays; make_slide is to call write_pyramid(path, renderer, "
+        "shapes=..., channels=3, compression='jpeg', compression_level=90).",
 }
 
 
