@@ -21,8 +21,8 @@ are kept in results/ssl_pretrain.json and skipped. Run:
     PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/ssl_pretrain.py --datasets monuseg --seeds 0 --pretrain-steps 2 \
         --ft-steps 2 --work /tmp/ssl_smoke --fresh                  # smallest run, results under /tmp/r
 
-Pretraining goes through the library (pathseg.engine.pretrain.pretrain); the fine-tuning rows still run their own
-short loop (fine_tune), to be moved onto pathseg.engine.train.train. The findings prose of each table is
+Pretraining goes through the library (pathseg.engine.pretrain.pretrain), fine-tuning and scoring through the one
+training driver (pathseg.engine.train.train and evaluate) on the images staged as a ``folder`` dataset. The findings prose of each table is
 benchmarks/notes/<results name>.md (see benchmarks/common.py).
 """
 
@@ -161,76 +161,71 @@ def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str
     return encoder_paths(work, args)
 
 
-def fine_tune(weights: dict[str, str] | None, data: dict, labeled: list[str], seed: int, args) -> tuple[dict, float]:
-    """Fine-tune ``args.model`` from ``weights`` (None: random init) on the labelled images; score held-out ones.
+def stage_folder(data: dict, dataset: str, work: Path) -> Path:
+    """The images and masks of ``data`` (as :func:`load_images` read them) as a ``folder`` dataset,
+    ``<work>/ft_data/<dataset>/{train,test}/{images,masks}/<id>.png``, written once; returns its root."""
+    from pathseg.io.files import write_image
+
+    root = work / "ft_data" / f"{dataset}_{FT_MPP:g}um"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    for split in ("train", "test"):
+        d = data[split]
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i, img, msk in zip(d["ids"], d["images"], d["masks"]):
+            write_image(root / split / "images" / f"{i}.png", img)
+            write_image(root / split / "masks" / f"{i}.png", np.asarray(msk, np.uint8))
+    done.touch()
+    return root
+
+
+def fine_tune(weights: dict[str, str] | None, data: dict, labeled: list[str], seed: int, args,
+              dataset: str = "monuseg") -> tuple[dict, float]:
+    """Fine-tune ``args.model`` from ``weights`` (None: random init) on the labelled images through the one
+    training driver (:func:`pathseg.engine.train.train`), then score the held-out images with
+    :func:`pathseg.engine.train.evaluate`.
 
     unet: U-Net over the pretrained target encoder ``weights["target"]``, on random ``crop`` px crops.
     hooknet: HookNet with the target encoder from ``weights["target"]`` and the context encoder from
     ``weights["context"]`` (DSF-WSI's context branch, or SimSiam's context backbone), on concentric
-    target/context pairs at the pretraining's ratio (``pathseg.data.context.cut_pair``); scored through
-    ``HookNet.segment`` with ``crop`` px tiles, the training geometry, on the whole held-out image (cropped
-    afterwards).
+    target/context pairs at the pretraining's ratio (``data.context``), target loss only; scored on each
+    whole held-out image, as every pathseg evaluation.
     """
-    from pathseg.data.context import cut_pair
-    from pathseg.data.sample import IGNORE_INDEX
-    from pathseg.metrics.confusion import metrics_from_confusion
-    from pathseg.models import create_model
-    from pathseg.transforms import to_tensor
+    import json
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    from pathseg.engine.config import load_config
+    from pathseg.engine.train import evaluate, train
+
     t0 = time.time()
+    work = Path(args.work)
+    root = stage_folder(data, dataset, work)
+    split = work / "ft_data" / "splits" / f"{dataset}_{len(labeled)}_seed{seed}.json"
+    split.parent.mkdir(parents=True, exist_ok=True)
+    rest = sorted(set(data["train"]["ids"]) - set(labeled))
+    split.write_text(json.dumps({"labeled": sorted(labeled), "unlabeled": rest, "test": list(data["test"]["ids"])}))
     c = args.crop
     target = None if weights is None else weights["target"]
+    overrides = [
+        "data.dataset=folder", f"data.root={root}", "data.options.class_names=[background, foreground]",
+        f"data.options.mpp={data['train']['mpp']}", f"data.split_file={split}", "data.val_split=test",
+        f"data.batch_size={args.ft_batch}", "optim.name=adam", f"optim.lr={args.lr}", "optim.weight_decay=0.0001",
+        "optim.poly_power=0.9", f"trainer.max_steps={args.ft_steps}", f"trainer.val_every={args.ft_steps}",
+        f"trainer.seed={seed}", "trainer.resume=false", "trainer.progress=false", "trainer.threads=1",
+        f"trainer.out={work / 'ft_runs' / f'{args.model}_{dataset}_{len(labeled)}_{seed}_{time.time_ns()}'}",
+        f"model.name={args.model}", "model.encoder=resnet18", f"model.weights={target or 'null'}",
+    ]
     if args.model == "hooknet":
         ctx = None if weights is None else weights["context"]  # KeyError rather than target weights in the context
-        model = create_model("hooknet", encoder="resnet18", num_classes=2, weights=target, ratio=HOOK_RATIO,
-                             context_weights=ctx, tile=c)
-    else:
-        model = create_model("unet", encoder="resnet18", num_classes=2, weights=target)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    poly = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - t / args.ft_steps) ** 0.9)
-    tr = data["train"]
-    idx = [tr["ids"].index(i) for i in labeled]
-    model.train()
-    for _ in range(args.ft_steps):
-        batch: dict[str, list] = {"image": [], "mask": [], "context": []}
-        for _ in range(args.ft_batch):
-            k = idx[int(rng.integers(len(idx)))]
-            img, msk = tr["images"][k], tr["masks"][k]
-            y, x = int(rng.integers(img.shape[0] - c + 1)), int(rng.integers(img.shape[1] - c + 1))
-            if args.model == "hooknet":
-                pair = cut_pair(img, msk, y, x, c, HOOK_RATIO)
-                views = {"image": pair["image"], "mask": pair["mask"], "context": pair["context"]}
-            else:
-                views = {"image": img[y:y + c, x:x + c], "mask": msk[y:y + c, x:x + c]}
-            flip, r = rng.random() < 0.5, int(rng.integers(4))  # one draw for all views: pairs stay concentric
-            for key, v in views.items():
-                v = np.rot90(v[:, ::-1] if flip else v, r)
-                t = to_tensor({"image" if key == "context" else key: np.ascontiguousarray(v)})
-                batch[key].append(t["image" if key == "context" else key])
-        logits = (model(torch.stack(batch["image"]), torch.stack(batch["context"]))["target"]
-                  if args.model == "hooknet" else model(torch.stack(batch["image"])))
-        loss = F.cross_entropy(logits, torch.stack(batch["mask"]), ignore_index=IGNORE_INDEX)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        poly.step()
-    model.eval()
-    cm = np.zeros((2, 2), np.int64)
-    e = args.eval_crop
-    with torch.inference_mode():
-        for img, msk in zip(data["test"]["images"], data["test"]["masks"]):
-            y0, x0 = max(0, (img.shape[0] - e) // 2), max(0, (img.shape[1] - e) // 2)
-            im, mk = img[y0:y0 + e, x0:x0 + e], msk[y0:y0 + e, x0:x0 + e]
-            if args.model == "hooknet":  # the whole image, so tiles at the crop's border get their true context
-                whole = model(to_tensor({"image": img})["image"][None]).argmax(1)[0].numpy()
-                pred = whole[y0:y0 + e, x0:x0 + e]
-            else:
-                pred = model(to_tensor({"image": np.ascontiguousarray(im)})["image"][None]).argmax(1)[0].numpy()
-            cm += np.bincount(2 * mk.ravel() + pred.ravel(), minlength=4).reshape(2, 2)
-    m = metrics_from_confusion(cm)
-    return {"F1": float(m["Dice/1"]), "accuracy": float(m["accuracy"])}, time.time() - t0
+        overrides += [f"model.options.ratio={HOOK_RATIO}", f"model.options.tile={c}",
+                      f"model.options.context_weights={ctx or 'null'}", f"data.context={{ratio: {HOOK_RATIO}}}",
+                      "method.name=hooknet", "method.params={context_weight: 0.0}"]
+    cfg = load_config(None, overrides)
+    cfg.data.train_transforms = [{"name": "random_crop", "size": c}, {"name": "flip"}, {"name": "rotate90"}]
+    res = train(cfg)
+    m = evaluate(res["checkpoint"], cfg, "test")
+    return {"F1": float(m["Dice/foreground"]), "accuracy": float(m["accuracy"])}, time.time() - t0
 
 
 def labelled_counts(rows: list[dict], dataset: str) -> str:
@@ -317,8 +312,8 @@ def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
               f"- Time: {sum(r['seconds'] for r in rows) / 60:.0f} min of fine-tuning rows + "
               f"{sum(pre_seconds.values()) / 60:.0f} min pretraining, wall clock of one-thread processes that ran "
               "side by side with other benchmarks on the 2 shared cores (contention included).",
-              f"- Evaluation: centre {args.eval_crop} px crop of each held-out image"
-              + (" (HookNet segments the whole image, then the crop is taken)" if args.model == "hooknet" else "")
+              "- Evaluation: each whole held-out image through pathseg's evaluate"
+              + (" (HookNet segments the whole image with its context)" if args.model == "hooknet" else "")
               + f" (MoNuSeg: 14 official test "
               f"images; GlaS: {GLAS_HOLDOUT} seeded held-out training images), pixel metrics pooled over the set.",
               ""]
@@ -334,7 +329,6 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--ft-batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--eval-crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--work", default=str(ROOT / "runs/bench/ssl_pretrain"))
     ap.add_argument("--name", default=NAME, help="results file: benchmarks/results/<name>.json")
@@ -376,6 +370,10 @@ def main() -> None:
                 check_resolution(rec, d["train"]["mpp"] if branch == "target" else d["train"]["mpp"] * HOOK_RATIO,
                                  branch=branch)
     rows = [] if args.fresh else load_rows(args.name)
+    if any(r.get("evaluation") != "whole image" for r in rows):  # rows scored on a centre crop, by the old loop
+        print(f"{args.name}: dropping {sum(r.get('evaluation') != 'whole image' for r in rows)} rows scored on a "
+              "centre crop by the earlier fine-tuning loop; they are not comparable with the driver's rows", flush=True)
+        rows = [r for r in rows if r.get("evaluation") == "whole image"]
     for other in filter(None, args.merge.split(",")):
         keys = {(r["method"], r["dataset"], r["fraction"], r["seed"]) for r in rows}
         rows += [r for r in load_rows(other) if (r["method"], r["dataset"], r["fraction"], r["seed"]) not in keys]
@@ -405,8 +403,9 @@ def main() -> None:
                         print("time budget reached; rerun to add the remaining rows", flush=True)
                         write_results(args.name, rows, markdown(rows, args, pre_seconds))
                         return
-                    metrics, sec = fine_tune(None if meth == "random" else weights[meth], d, labeled, seed, args)
+                    metrics, sec = fine_tune(None if meth == "random" else weights[meth], d, labeled, seed, args, ds)
                     rows.append({"method": meth, "dataset": ds, "fraction": f, "seed": seed, "metrics": metrics,
+                                 "evaluation": "whole image",
                                  "seconds": round(sec, 1), "labeled_images": len(labeled), "labeled": labeled})
                     print(f"{meth:8s} {ds:8s} {f:<5} seed {seed}: F1 {metrics['F1']:.3f} acc "
                           f"{metrics['accuracy']:.3f} ({sec:.0f} s)", flush=True)
