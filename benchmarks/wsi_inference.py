@@ -95,36 +95,28 @@ def make_slide(workdir: Path, size: int) -> Path:
     import numpy as np
     import tifffile
 
-    from pathseg.io.files import atomic_path
+    from pathseg.io.pyramid import write_pyramid
 
     base = make_slide(workdir, 4096)
     with tifffile.TiffFile(base) as tif:
         block = tif.series[0].levels[0].asarray()
     mpp = 0.5
-    with atomic_path(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            level, k = block, 0
-            while True:
-                n = size >> k
-                lb = level.shape[0]
-                reps = 1 if lb % TILE == 0 else -(-(lb + TILE) // lb)
-                rep = np.tile(level, (reps, reps, 1)) if reps > 1 else level
+    shapes, blocks = [], [block]  # level k: the block shrunk k times (INTER_AREA), repeated to the level's size
+    while True:
+        n = size >> len(shapes)
+        shapes.append((n, n))
+        if n // 2 < 1024:
+            break
+        lb = blocks[-1].shape[0]
+        blocks.append(cv2.resize(blocks[-1], (max(lb // 2, 1),) * 2, interpolation=cv2.INTER_AREA))
 
-                def tiles(lb=lb, n=n, rep=rep):
-                    for ty in range(0, n, TILE):
-                        for tx in range(0, n, TILE):
-                            yield rep[ty % lb:ty % lb + TILE, tx % lb:tx % lb + TILE]
+    def render(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        b = blocks[level]
+        return b[np.ix_((y + np.arange(h)) % b.shape[0], (x + np.arange(w)) % b.shape[1])]
 
-                desc = (f"Aperio Image Library v12.0.0 pathseg benchmark: the synthetic 4k block repeated|MPP = {mpp}"
-                        if k == 0 else None)
-                tw.write(tiles(), shape=(n, n, 3), dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
-                         compression="jpeg", compressionargs={"level": 90}, resolution=(1e4 / (mpp * 2**k),) * 2,
-                         resolutionunit="CENTIMETER", subfiletype=0 if k == 0 else 1, metadata=None,
-                         description=desc)
-                if n // 2 < 1024:
-                    break
-                k += 1
-                level = cv2.resize(level, (max(lb // 2, 1),) * 2, interpolation=cv2.INTER_AREA)
+    write_pyramid(path, render, mpp=mpp, tile=TILE, shapes=shapes, channels=3, compression="jpeg",
+                  compression_level=90, layout="generic",
+                  description=f"Aperio Image Library v12.0.0 pathseg benchmark: the synthetic 4k block repeated|MPP = {mpp}")
     return path
 
 

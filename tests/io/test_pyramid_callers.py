@@ -112,10 +112,8 @@ def test_the_writer_rejects_what_a_tiff_cannot_hold(tmp_path):
 # what removes it. The test fails when an entry is no longer needed, so the list only shrinks.
 KNOWN_OTHER_WRITERS = {
     "benchmarks/wsi_inference.py":
-        "make_slide repeats the 4k synthetic block into a 32k JPEG pyramid with its own TiffWriter loop, and the "
-        "MONAI/TIAToolbox arms save labels with tifffile.imwrite. The arms run in the anchors' venv, which has no "
-        "pathseg (docs/anchors.md), so their writer stays; make_slide is to call write_pyramid(path, renderer, "
-        "shapes=..., channels=3, compression='jpeg', compression_level=90).",
+        "the MONAI/TIAToolbox arms save their labels with tifffile.imwrite: they run in the anchors' venv, which has "
+        "no pathseg (docs/anchors.md), so that writer stays.",
 }
 
 
