@@ -67,14 +67,20 @@ def measure(arch: str, mode: str, threads: int) -> dict:
             model(x)
             secs = time.perf_counter() - t
     else:
-        model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        x = torch.rand(2, 3, TRAIN_TILE, TRAIN_TILE)
-        y = torch.randint(0, 3, (2, TRAIN_TILE, TRAIN_TILE))
+        # the training step `pathseg train` runs: the supervised method's loss and its own optimiser (fused AdamW)
+        from pathseg.engine.config import OptimConfig
+        from pathseg.methods import METHODS
+
+        method = METHODS.get("supervised")(model, class_names=["a", "b", "c"], max_steps=100,
+                                            optim=vars(OptimConfig(name="adamw", lr=1e-4)))
+        method.train()
+        opt = method.configure_optimizers()["optimizer"]
+        batch = {"image": torch.rand(2, 3, TRAIN_TILE, TRAIN_TILE),
+                 "mask": torch.randint(0, 3, (2, TRAIN_TILE, TRAIN_TILE))}
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            method.training_losses(batch)["loss"].backward()
             opt.step()
 
         step()  # warm-up (optimiser state allocated)
