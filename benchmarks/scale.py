@@ -29,6 +29,7 @@ Results: benchmarks/results/scale.json and scale.md (or ``--results``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -67,8 +68,15 @@ def model(workdir: Path, tile: int) -> Path:
 
 
 def outputs(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(".run.json")}
+    """Every output file's bytes but the run records', with each slide's run id (a fresh one per run, written into
+    its GeoJSON and composition CSV) replaced by a placeholder, so two runs of the same slides compare equal."""
+    ids = {rec.parent: json.loads(rec.read_text()).get("run_id", "").encode() for rec in root.rglob("*.run.json")}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith(".run.json"):
+            data, rid = p.read_bytes(), ids.get(p.parent, b"")
+            out[str(p.relative_to(root))] = data.replace(rid, b"<run id>") if rid else data
+    return out
 
 
 def summarise(records: list[dict[str, Any]], n: int, workers: int, slides_s: float, startup_s: float) -> dict:
