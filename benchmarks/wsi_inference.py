@@ -114,8 +114,11 @@ def make_slide(workdir: Path, size: int) -> Path:
         b = blocks[level]
         return b[np.ix_((y + np.arange(h)) % b.shape[0], (x + np.arange(w)) % b.shape[1])]
 
+    # the Aperio layout (no level marked reduced, a thumbnail page after level 0), as `pathseg synth --slide`: with
+    # levels marked reduced behind an Aperio description, tifffile (and so pathseg) sees level 0 only
     write_pyramid(path, render, mpp=mpp, tile=TILE, shapes=shapes, channels=3, compression="jpeg",
-                  compression_level=90, layout="generic",
+                  compression_level=90, layout="aperio", thumbnail=render(len(shapes) - 1, 0, 0, *shapes[-1]),
+                  thumbnail_description="Aperio Image Library v12.0.0 thumbnail",
                   description=f"Aperio Image Library v12.0.0 pathseg benchmark: the synthetic 4k block repeated|MPP = {mpp}")
     return path
 
