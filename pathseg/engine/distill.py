@@ -16,7 +16,8 @@ in its own folder under ``out/runs/``, and resumable like every run. In ``out``:
 Each model is a pathseg model checkpoint (:func:`pathseg.models.checkpoint.load_model`,
 :func:`pathseg.methods.distill.classifier.load_classifier`). ``metrics.json`` holds each model's scores on
 the evaluation bank (F1, accuracy, precision, recall: weighted, macro and per class), from the stage's
-validation (teacher, student) or :func:`pathseg.engine.train.evaluate` (the chosen fine-tuned model).
+validation (teacher, student), and for the chosen fine-tuned model from the same scoring run again on its
+checkpoint (:func:`_evaluate`: :meth:`CellClassifier.evaluate_model` over the ``eval`` split).
 
 A stage trains ``epochs · ⌊cells / batch⌋`` steps of Adam at a constant rate, each batch drawn by the
 driver's sampler (with replacement, every patch rotated by k·90° and flipped at random); a stage whose

@@ -56,6 +56,27 @@ def _polygons_of(geom: Any) -> list[Any]:
     return []  # points and lines have no area
 
 
+def _outlined_classes(class_names: Sequence[str], include_background: bool, object_type: str) -> tuple[list[str], list[int]]:
+    """(names, classes to outline) of the GeoJSON writers: all but the class named "background" (class 0 when
+    none has that name) unless ``include_background``."""
+    if object_type not in ("annotation", "detection"):
+        raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
+    names = [str(n) for n in class_names]
+    skip = names.index("background") if "background" in names else 0
+    return names, [k for k in range(len(names)) if include_background or k != skip]
+
+
+def _feature_id(id_prefix: str, k: int, n: int) -> str:
+    """The id of the n-th feature of the file (class k): the same in every run of the same slide and model."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathseg:{id_prefix}:{k}:{n}"))
+
+
+def _feature_properties(object_type: str, name: str, color: Sequence[int]) -> dict[str, Any]:
+    """A feature's QuPath properties: object type, class name and colour, unlocked."""
+    return {"objectType": object_type, "classification": {"name": name, "color": [int(c) for c in color[:3]]},
+            "isLocked": False}
+
+
 def label_polygons(labels: np.ndarray, class_names: Sequence[str], colors: Sequence[Sequence[int]], *,
                    scale: float = 1.0, include_background: bool = False, simplify: float = 0.0,
                    min_area: float = 0.0, multipolygon: bool = False, object_type: str = "annotation",
@@ -85,14 +106,11 @@ def label_polygons(labels: np.ndarray, class_names: Sequence[str], colors: Seque
     from rasterio import features as rio_features
     from shapely.geometry import MultiPolygon, mapping, shape
 
-    if object_type not in ("annotation", "detection"):
-        raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
-    names = [str(n) for n in class_names]
-    skip = names.index("background") if "background" in names else 0
+    names, outlined = _outlined_classes(class_names, include_background, object_type)
     labels = np.ascontiguousarray(labels)
     if labels.dtype not in (np.uint8, np.int16, np.uint16, np.int32):
         labels = labels.astype(np.int32)
-    wanted = np.isin(labels, [k for k in range(len(names)) if include_background or k != skip])
+    wanted = np.isin(labels, outlined)
     by_class: dict[int, list[Any]] = {}
     if wanted.any():
         for geom, value in rio_features.shapes(labels, mask=wanted, connectivity=4,
@@ -107,18 +125,10 @@ def label_polygons(labels: np.ndarray, class_names: Sequence[str], colors: Seque
         polys = by_class[k]
         if not polys:
             continue
-        color = [int(c) for c in colors[k][:3]]
         for g in ([MultiPolygon(polys)] if multipolygon else polys):
-            feats.append({
-                "type": "Feature",
-                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathseg:{id_prefix}:{k}:{len(feats)}")),
-                "geometry": _rounded(mapping(g)),
-                "properties": {
-                    "objectType": object_type,
-                    "classification": {"name": names[k], "color": color},
-                    "isLocked": False,
-                },
-            })
+            feats.append({"type": "Feature", "id": _feature_id(id_prefix, k, len(feats)),
+                          "geometry": _rounded(mapping(g)),
+                          "properties": _feature_properties(object_type, names[k], colors[k])})
     return feats
 
 
@@ -447,11 +457,7 @@ def write_label_geojson(path: str | os.PathLike, strips: Iterable[np.ndarray], c
 
     from pathseg.io.files import atomic_path
 
-    if object_type not in ("annotation", "detection"):
-        raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
-    names = [str(n) for n in class_names]
-    skip = names.index("background") if "background" in names else 0
-    wanted = [k for k in range(len(names)) if include_background or k != skip]
+    names, wanted = _outlined_classes(class_names, include_background, object_type)
     s = float(scale)
     exact = simplify == 0 and s.is_integer()  # GDAL's coordinates are final: whole numbers, rounding keeps them
     path = Path(path)
@@ -486,15 +492,13 @@ def write_label_geojson(path: str | os.PathLike, strips: Iterable[np.ndarray], c
             for k in sorted(parts):
                 f = parts[k]
                 f.seek(0)
-                props = json.dumps({"objectType": object_type,
-                                    "classification": {"name": names[k], "color": [int(c) for c in colors[k][:3]]},
-                                    "isLocked": False}, separators=sep)
+                props = json.dumps(_feature_properties(object_type, names[k], colors[k]), separators=sep)
                 lines = (line.rstrip("\n") for line in f)
                 for i, c in enumerate(lines):
                     if multipolygon and i:  # one feature, its polygons streamed into it
                         out.write("," + c)
                         continue
-                    fid = json.dumps(str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathseg:{id_prefix}:{k}:{n}")))
+                    fid = json.dumps(_feature_id(id_prefix, k, n))
                     head = ("," if n else "") + '{"type":"Feature","id":' + fid + ',"geometry":'
                     if multipolygon:
                         out.write(head + '{"type":"MultiPolygon","coordinates":[' + c)
