@@ -15,6 +15,10 @@ cover exactly the target crop (``T`` a multiple of ``2r``). Wherever a patch lea
 regions larger than the image) and the *masks* hold ``IGNORE_INDEX``. The same geometry is used at
 inference by :meth:`pathseg.models.hooknet.HookNet.segment`.
 
+With ``data.context.position: center`` the target is the image's centre crop instead of a random one:
+for datasets of tiles that carry their own context margin (a labelled ``T`` px tile inside an ``rT`` px
+window, as tile exporters write them), every pair is then exactly the labelled tile and its true context.
+
 The training pipeline ``data.train_transforms`` is split at its first ``random_crop`` (its size is ``T``
 unless ``data.context.size`` gives one): transforms before it see the whole image; the crop is replaced
 by the pair cut above; transforms after it run on the target and on the context with the same random
@@ -42,6 +46,8 @@ from pathseg.sample import IGNORE_INDEX
 
 RATIOS = (2, 4, 8, 16)
 CROPS = ("random_crop",)
+POSITIONS = ("random", "center")
+CONTEXT_KEYS = ("ratio", "size", "position")
 
 
 def check_geometry(size: int, ratio: int) -> None:
@@ -90,9 +96,11 @@ def parse_context(options: dict[str, Any], transforms: list[dict[str, Any]] | No
 
     opts = dict(options or {})
     for key in opts:
-        if key not in ("ratio", "size"):
-            raise ConfigError(f"data.context: unknown key {key!r}.{did_you_mean(key, ['ratio', 'size'])} "
-                              "Valid keys: ratio, size")
+        if key not in CONTEXT_KEYS:
+            raise ConfigError(f"data.context: unknown key {key!r}.{did_you_mean(key, list(CONTEXT_KEYS))} "
+                              f"Valid keys: {', '.join(CONTEXT_KEYS)}")
+    if opts.get("position", "random") not in POSITIONS:
+        raise ConfigError(f"data.context.position: one of {', '.join(POSITIONS)}, got {opts['position']!r}")
     if "ratio" not in opts:
         raise ConfigError("data.context: give ratio (context MPP / target MPP), e.g. data.context={ratio: 4}")
     items = list(transforms or [])
@@ -127,6 +135,7 @@ class ContextView(TensorView):
 
         super().__init__(dataset, None, cache=cache)
         self.ratio, self.size, pre, post = parse_context(context, transforms)
+        self.center = dict(context).get("position", "random") == "center"
         self.pre, self.post = build_transforms(pre), build_transforms(post)
 
     def pair(self, sample: dict[str, Any], rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -134,8 +143,11 @@ class ContextView(TensorView):
         s = self.pre(sample, rng)
         h, w = s["image"].shape[:2]
         t = self.size
-        y0 = int(rng.integers(0, h - t + 1)) if h >= t else -int(rng.integers(0, t - h + 1))
-        x0 = int(rng.integers(0, w - t + 1)) if w >= t else -int(rng.integers(0, t - w + 1))
+        if self.center:  # the labelled tile in the middle of its context window
+            y0, x0 = (h - t) // 2, (w - t) // 2
+        else:
+            y0 = int(rng.integers(0, h - t + 1)) if h >= t else -int(rng.integers(0, t - h + 1))
+            x0 = int(rng.integers(0, w - t + 1)) if w >= t else -int(rng.integers(0, t - w + 1))
         cut = cut_pair(s["image"], s.get("mask"), y0, x0, t, self.ratio)
         meta = s.get("meta")
         seed = int(rng.integers(0, 2**63 - 1))  # the same draws for both patches

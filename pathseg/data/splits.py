@@ -161,7 +161,10 @@ def write_split(path: str | os.PathLike, split: dict[str, Any]) -> Path:
 
 
 def read_split(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a split file: lists of ids, labelled non-empty, no id on two sides."""
+    """Read and check a split file: lists of ids, labelled non-empty, no id on two sides.
+
+    An optional ``"val"`` list holds training images kept out of training for validation
+    (``data.val_split=val``, see :func:`pathseg.engine.data.build_dataset`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found; generate it with `pathseg splits` or make_split_files()")
@@ -174,10 +177,12 @@ def read_split(path: str | os.PathLike) -> dict[str, Any]:
             raise DataError(f"{path}: key {k!r} must be a list of ids")
     if not data["labeled"]:
         raise DataError(f"{path}: no labelled ids; regenerate the split file")
-    a, b, t = set(data["labeled"]), set(data["unlabeled"]), set(data["test"])
-    if a & b or a & t or b & t:
-        both = sorted((a & b) | (a & t) | (b & t))
-        raise DataError(f"{path}: ids in two of labeled/unlabeled/test: {both[:5]}; regenerate the split file")
+    if "val" in data and not isinstance(data["val"], list):
+        raise DataError(f"{path}: key 'val' must be a list of ids")
+    sides = {k: set(data.get(k, [])) for k in ("labeled", "unlabeled", "test", "val")}
+    both = sorted({i for k1 in sides for k2 in sides if k1 < k2 for i in sides[k1] & sides[k2]})
+    if both:
+        raise DataError(f"{path}: ids in two of labeled/unlabeled/test/val: {both[:5]}; regenerate the split file")
     return data
 
 

@@ -44,7 +44,7 @@ class DataConfig:
     # the images' resolution in µm/px, recorded in model.ckpt for slide prediction; None = what the dataset's
     # samples record (meta["mpp"]), with a warning when they record none
     mpp: float | None = None
-    context: dict[str, Any] | None = None  # {ratio: r[, size: T]}: concentric target/context training pairs (HookNet)
+    context: dict[str, Any] | None = None  # {ratio, size, position}: target/context training pairs (HookNet)
 
 
 @dataclass

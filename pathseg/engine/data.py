@@ -50,7 +50,17 @@ def check_dataset_options(cfg: Config) -> type[SegmentationDataset]:
 
 
 def build_dataset(cfg: Config, split: str) -> SegmentationDataset:
-    """Instantiate the configured dataset adapter for ``split`` (options checked by :func:`check_dataset_options`)."""
+    """Instantiate the configured dataset adapter for ``split`` (options checked by :func:`check_dataset_options`).
+
+    ``split="val"`` with a ``data.split_file`` that lists ``"val"`` ids: those images of the training split, a
+    validation set drawn from the training images (for recipe and checkpoint choice without the test images).
+    """
+    if split == "val" and cfg.data.split_file:
+        from pathseg.data.splits import read_split
+
+        held = read_split(cfg.data.split_file).get("val")
+        if held is not None:
+            return build_dataset(cfg, cfg.data.train_split).subset(list(held))
     cls = check_dataset_options(cfg)
     kwargs = dict(cfg.data.options)
     if cfg.data.root is not None:

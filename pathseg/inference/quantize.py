@@ -31,6 +31,7 @@ Shape:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -292,7 +293,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, til
         pre = work / "pre.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(pre))
+            try:  # in the work folder: where symbolic shape inference gives up, it saves its partial graph to the cwd
+                with contextlib.chdir(work):
+                    quant_pre_process(str(fp32_path.resolve()), str(pre))
+            except Exception:  # noqa: BLE001  it gives up on some graphs (a ViT's position embeddings resampled to
+                # the tile inside the graph); ONNX's own shape inference is enough for those
+                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             graph = onnx.load(str(pre), load_external_data=False).graph
             exclude = [nd.name for nd in graph.node if nd.op_type == "Softmax"]
             if cfg.keep_head_fp32:

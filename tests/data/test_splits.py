@@ -109,3 +109,20 @@ def test_make_split_files_by_source(tmp_path):
         sites_l = {i.split("-")[1] for i in s["labeled"]}
         sites_u = {i.split("-")[1] for i in s["unlabeled"]}
         assert not sites_l & sites_u and s["test"] == [] and s["by"] == "source"
+
+
+def test_a_val_list_is_a_validation_set_drawn_from_the_training_images(tmp_path):
+    from pathseg.engine.config import load_config
+    from pathseg.engine.data import build_dataset
+
+    cfg = load_config(None, ["data.dataset=synthetic", "data.options={n_images: 6, size: 64}"])
+    ids = list(build_dataset(cfg, "train").ids)
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"labeled": ids[:4], "unlabeled": [], "test": [], "val": ids[4:]}))
+    cfg.data.split_file = str(path)
+    val = build_dataset(cfg, "val")
+    assert list(val.ids) == ids[4:]
+    assert [val[i]["meta"]["id"] for i in range(len(val))] == ids[4:]  # the training images themselves
+    path.write_text(json.dumps({"labeled": ids[:5], "unlabeled": [], "test": [], "val": ids[4:]}))
+    with pytest.raises(DataError, match="labeled/unlabeled/test/val"):
+        read_split(path)

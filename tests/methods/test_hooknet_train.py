@@ -100,6 +100,24 @@ def test_training_pairs_stay_concentric_through_flips_and_turns():
     assert item["image"].shape == item["context"].shape == (3, T, T) and int(item["context_ratio"]) == R
 
 
+def test_centre_position_pairs_a_tile_with_the_window_around_it():
+    # a labelled T px tile in the middle of its R*T px context window, labels only on the tile
+    img, mask = coordinate_image(T * R, T * R)
+    lo = (T * R - T) // 2
+    tile_mask = np.full_like(mask, IGNORE_INDEX)
+    tile_mask[lo:lo + T, lo:lo + T] = mask[lo:lo + T, lo:lo + T]
+    view = ContextView([{"image": img, "mask": tile_mask, "meta": {}}], [{"name": "random_crop", "size": T}],
+                       {"ratio": R, "position": "center"})
+    for seed in range(3):  # the same pair whatever the draw
+        target, context = view.pair({"image": img, "mask": tile_mask, "meta": {}}, np.random.default_rng(seed))
+        assert np.array_equal(target["image"], img[lo:lo + T, lo:lo + T])
+        assert np.array_equal(target["mask"], mask[lo:lo + T, lo:lo + T])  # every target pixel labelled
+        # the context is the whole window at 1/R (block means): no reflected pixels
+        assert np.array_equal(context["image"], np.rint(block_mean(img, R)).astype(np.uint8))
+    with pytest.raises(ConfigError, match="position"):
+        parse_context({"ratio": 2, "position": "middle"}, [{"name": "random_crop", "size": 64}])
+
+
 def test_monuseg_config_builds_pairs_the_model_accepts():
     from pathseg.engine.config import load_config
 

@@ -456,3 +456,45 @@ def test_encoders_command_lists_names_params_patch_mpp_and_weights():
     assert not rows["phikon"]["gated"] and rows["phikon2"]["hub_id"] == "owkin/phikon-v2"
     res = CliRunner().invoke(app, ["encoders"])
     assert res.exit_code == 0 and "virchow2" in res.output
+
+
+def test_a_vit_unet_quantises_to_int8_with_its_attention_matmuls_in_int8(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # ONNX Runtime's shape inference saves its partial graph to the cwd where it gives up
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from pathseg.inference.onnx import InputNormaliser, export_model_onnx, read_onnx_info
+    from pathseg.inference.quantize import QuantizeConfig, quantize_onnx, tissue_pixels
+
+    torch.manual_seed(0)
+    m = create_vit_model("unet", encoder="vit_small_patch16_224", num_classes=2, vit_kwargs=TINY).eval()
+    info = {"model": "unet", "encoder": "vit_small_patch16_224", "num_classes": 2, "class_names": ["a", "b"],
+            "colors": [[0, 0, 0], [255, 0, 0]], "mpp": 0.5, "mean": [0.5] * 3, "std": [0.25] * 3}
+    fp32 = export_model_onnx(m, info, tmp_path / "vit.onnx", tile=64)
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(60, 200, (6, 64, 64, 3)).astype(np.uint8)
+    # an untrained network's near-ties may fall below any threshold: keep the model, warn if so
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path, report = quantize_onnx(fp32, tmp_path / "vit.int8.onnx", tiles,
+                                     config=QuantizeConfig(tiles=6, min_agreement=1.0), on_low="warn")
+    assert read_onnx_info(path)["precision"] == "int8"
+    assert not list(cwd.iterdir())  # nothing left in the user's folder
+    graph = onnx.load(str(path)).graph
+    producers = {o: nd for nd in graph.node for o in nd.output}
+    matmuls = [nd for nd in graph.node if nd.op_type == "MatMul"]
+    assert matmuls and all(producers[i].op_type == "DequantizeLinear" for nd in matmuls for i in nd.input
+                           if i in producers)  # attention and MLP products read int8 operands
+    # the report's agreement, recomputed from both graphs on the calibration tiles
+    x = InputNormaliser(info["mean"], info["std"])(tiles)
+    lab = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0].argmax(1)
+           for p in (fp32, path)]
+    mask = tissue_pixels(tiles)
+    assert abs(float((lab[0] == lab[1])[mask].mean() if mask.any() else (lab[0] == lab[1]).mean())
+               - report["agreement"]) < 1e-9
