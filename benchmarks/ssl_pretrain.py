@@ -1,140 +1,170 @@
-"""Self-supervised pretraining benchmark (DSF-WSI Table IV layout), scaled down to a shared 2-core CPU.
+"""DSF-WSI on MoNuSeg 2018 by the evidence protocol (docs/evidence.md): the paper's Table IV setting, scaled down.
 
-1. Pretrain a ResNet-18 encoder without labels on real tissue -- the slides in ../shared/data/slides,
-   the MoNuSeg training images and the GlaS images not held out (their labels are never read) -- with
-   SimSiam (target patches only) and DSF-WSI (context + target branches, CTFM, dense stages), through
-   the same code as `pathseg pretrain` (configs/ssl/bench_cpu.yaml). "random" is no pretraining. For
-   HookNet (`--model hooknet`) the SimSiam baseline is two backbones pretrained separately, as in the
-   paper: one on the target patches, one on the context patches (`simsiam_context`).
-2. Fine-tune the same segmentation model (U-Net, ResNet-18) from each encoder on MoNuSeg (nuclei) and
-   GlaS (glands), both read at the pretraining's target MPP (bench_cpu.yaml: 0.5 µm/px, so MoNuSeg x0.5
-   and GlaS x1.24), with 1%, 10%, 50% of the training images labelled (pathseg.data.splits.make_split, by
-   image, seeded), and score pixel F1 (foreground Dice) and accuracy on held-out images: the official
-   MoNuSeg test images; for GlaS (only its training set is staged here) a fixed seeded hold-out of
-   the training images, which pretraining never sees.
+1. Pretraining without labels, through ``pathseg.engine.pretrain.pretrain`` (configs/ssl/bench_cpu.yaml: 2:1
+   pairs, a 64 px context at 1.0 µm/px around 2x2 targets of 64 px at 0.5 µm/px), on the three slides in
+   ../shared/data/slides, the 30 MoNuSeg training images and the GlaS training images (never a MoNuSeg test
+   image, never a label): DSF-WSI (both branches), SimSiam on the target patches, and SimSiam on the context
+   patches (the paper's baseline for HookNet: two backbones pretrained separately). ``--pretrain-steps`` steps
+   (>= 1000) of ``--pretrain-batch`` contexts (>= 8), encoders snapshotted every 250 steps, losses logged.
+2. Frozen-encoder probe (``pathseg.methods.ssl.probe``): for random init and every snapshot of the two target
+   encoders, a linear pixel classifier on the frozen features (strides 4-32, 960 channels), fitted on the
+   labelled tiles of a draw, scored on the 14 test images; 10 draws per fraction, paired by draw. Separates
+   features that are poor from features that fine-tuning overwrites.
+3. HookNet fine-tuning through the one driver (``pathseg.engine.train.train`` / ``evaluate``): target encoder
+   and context encoder from random init, from the two SimSiam backbones, or from DSF-WSI's two branches
+   (the last snapshot: no checkpoint selection), at 1% and 10% of the training *tiles* (as the authors
+   sample tiles, not images), ``--seeds`` seeds (a seed fixes the tile draw and the initialisation),
+   ``--ft-steps`` steps for every row; the ceiling is random init on every tile, same recipe and budget.
 
-Resumable: pretraining resumes from its checkpoint and is skipped when its encoder exists; finished rows
-are kept in results/ssl_pretrain.json and skipped. Run:
+Tiles: each training image at 0.5 µm/px (500 px) is cut into 64 px tiles on a grid whose 128 px context
+window (2:1) lies inside the image: 36 tiles an image, 1080 in all. A labelled tile is staged as its window
+with labels on the tile only, and trained with ``data.context.position=center``, so every pair is the tile
+and its true context. Scoring: whole test images (HookNet with its context; the probe on its stride-4 grid,
+upsampled), foreground F1 (pixel Dice of nucleus) and accuracy, pooled over the 14 images.
 
-    nice -n 10 python benchmarks/ssl_pretrain.py                # everything (about 25 min on 2 shared cores)
-    nice -n 10 python benchmarks/ssl_pretrain.py --seeds 0      # fewer rows
-    PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/ssl_pretrain.py --datasets monuseg --seeds 0 --pretrain-steps 2 \
-        --ft-steps 2 --work /tmp/ssl_smoke --fresh                  # smallest run, results under /tmp/r
+Run as two processes on two cores; rows are appended under a lock as they finish and skipped when present:
 
-Pretraining goes through the library (pathseg.engine.pretrain.pretrain), fine-tuning and scoring through the one
-training driver (pathseg.engine.train.train and evaluate) on the images staged as a ``folder`` dataset. The findings prose of each table is
-benchmarks/notes/<results name>.md (see benchmarks/common.py).
+    python benchmarks/ssl_pretrain.py --shard 0/2 &  python benchmarks/ssl_pretrain.py --shard 1/2
+    python benchmarks/ssl_pretrain.py --report-only
+    PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/ssl_pretrain.py --pretrain-steps 4 --snapshot-every 2 \\
+        --ft-steps 2 --seeds 0 --draws 1 --work /tmp/ssl_smoke                  # smallest run
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from common import load_rows, with_notes, write_results  # noqa: E402
+from common import RESULTS, command, machine  # noqa: E402
+from evidence import (RowStore, by_seed, cell, comparison, comparison_lines, fraction_label, parse_seeds,  # noqa: E402
+                      seed_plot, shard)
 
 NAME = "ssl_pretrain"
-METHODS = ("random", "simsiam", "dsf")
-FRACTIONS = (0.01, 0.1, 0.5)
-GLAS_HOLDOUT = 12
-MODEL_TEXT = {"unet": "U-Net/ResNet-18",
-              "hooknet": "HookNet/ResNet-18 (target encoder from the export; context encoder from DSF-WSI's context "
-                         "branch, or from the SimSiam baseline's second backbone, pretrained on the context patches; "
-                         "2:1 context, target loss only, hook concatenated straight into the decoder)"}
+DATASET = "monuseg2018"
 BENCH_CONFIG = ROOT / "configs/ssl/bench_cpu.yaml"
+TILE, RATIO, MPP = 64, 2, 0.5  # the pretraining pair geometry (bench_cpu.yaml): 64 px targets at 0.5 µm/px, 2:1
+WINDOW = TILE * RATIO
+FRACTIONS = (0.01, 0.1)
+INITS = ("random", "simsiam", "dsf")  # fine-tuning rows; the claim: dsf > simsiam > random, largest at 1%
+PAIRS = [("random", "simsiam"), ("random", "dsf"), ("simsiam", "dsf")]
+#: pretraining run -> (method.name, extra overrides, branch it exports)
+PRETRAININGS = {"dsf": ("dsf", [], "target"), "simsiam": ("simsiam", [], "target"),
+                "simsiam_context": ("simsiam", ["method.params.branch=context"], "context")}
+LOSS_KEYS = {"dsf": "loss", "simsiam": "loss", "simsiam_context": "loss"}
 
 
-def bench_pair() -> dict:
-    """The pretraining pair geometry of the benchmark (configs/ssl/bench_cpu.yaml's data.options.pair)."""
-    from pathseg.engine.config import load_config
+def recipe(args: argparse.Namespace) -> dict[str, Any]:
+    return {"pretrain_steps": args.pretrain_steps, "pretrain_batch": args.pretrain_batch,
+            "snapshot_every": args.snapshot_every, "ft_steps": args.ft_steps, "ft_batch": args.ft_batch,
+            "lr": args.lr, "tile": TILE, "ratio": RATIO, "mpp": MPP}
 
-    return dict(load_config(BENCH_CONFIG, []).data.options["pair"])
 
-
-def finetune_scales(target_mpp: float) -> dict[str, float]:
-    """Resize factor of each dataset's images so fine-tuning reads them at ``target_mpp``, as pretraining did."""
-    from pathseg.data.glas import GLAS_NOMINAL_MPP
-    from pathseg.data.monuseg import MONUSEG_NOMINAL_MPP
+# ----------------------------------------------------------------------------------------------- data
+def load_monuseg(work: Path) -> dict[str, dict[str, list]]:
+    """MoNuSeg 2018 at 0.5 µm/px (x0.5): {"train"|"test": {"ids", "images", "masks"}}, cached."""
+    from pathseg.data.monuseg import MONUSEG_NOMINAL_MPP, MoNuSeg
     from pathseg.methods.ssl.data import finetune_scale
 
-    return {"monuseg": finetune_scale(MONUSEG_NOMINAL_MPP, target_mpp),
-            "glas": finetune_scale(GLAS_NOMINAL_MPP, target_mpp)}
-
-
-PAIR = bench_pair()
-FT_MPP = float(PAIR["target_mpp"])  # fine-tuning resolution = the pretraining target resolution
-HOOK_RATIO = int(round(PAIR["context_mpp"] / PAIR["target_mpp"]))  # context : target MPP of the pretraining pairs
-
-
-def load_images(dataset: str, cache: Path, mpp: float = FT_MPP) -> dict[str, dict[str, list]]:
-    """{"train": {"ids", "images", "masks", "mpp"}, "test": {...}} read at ``mpp`` µm/px (the pretraining's
-    target MPP by default): MoNuSeg (0.25 µm/px) x0.5, GlaS (0.62 µm/px) x1.24 at 0.5 µm/px."""
-    from pathseg.data.glas import GlaS
-    from pathseg.data.monuseg import MoNuSeg, resize_sample_arrays
-    from pathseg.data.splits import make_split
-
-    scale = finetune_scales(mpp)[dataset]
-    path = cache / f"{dataset}_{mpp:g}um.npz"
+    path = work / "cache" / f"monuseg_{MPP:g}um.npz"
     if path.exists():
-        z = np.load(path, allow_pickle=True)
-        return z["data"].item()
-    out: dict[str, dict[str, list]] = {}
-    if dataset == "monuseg":
-        for split in ("train", "test"):
-            ds = MoNuSeg(split=split, scale=scale)
-            s = [ds[i] for i in range(len(ds))]
-            out[split] = {"ids": list(ds.ids), "images": [x["image"] for x in s], "masks": [x["mask"] for x in s],
-                          "mpp": float(np.mean([x["meta"]["mpp"] for x in s]))}
-    else:
-        ds = GlaS(split="train")
-        hold = make_split(ds.ids, GLAS_HOLDOUT / len(ds.ids), seed=1234)["labeled"]
-        for split, ids in (("train", [i for i in ds.ids if i not in hold]), ("test", hold)):
-            s = [ds[ds.ids.index(i)] for i in ids]
-            resized = [resize_sample_arrays(x["image"], x["mask"], None, scale)[:2] for x in s]
-            out[split] = {"ids": ids, "images": [r[0] for r in resized], "masks": [r[1] for r in resized],
-                          "mpp": float(np.mean([x["meta"]["mpp"] for x in s])) / scale}
-    cache.mkdir(parents=True, exist_ok=True)
+        return np.load(path, allow_pickle=True)["data"].item()
+    out = {}
+    for split in ("train", "test"):
+        ds = MoNuSeg(split=split, scale=finetune_scale(MONUSEG_NOMINAL_MPP, MPP))
+        s = [ds[i] for i in range(len(ds))]
+        out[split] = {"ids": list(ds.ids), "images": [x["image"] for x in s], "masks": [x["mask"] for x in s]}
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, data=np.array(out, dtype=object))
     return out
 
 
-#: pretraining runs: name -> (method.name, method.params overrides, branch whose file the run exports)
-PRETRAININGS = {"simsiam": ("simsiam", [], "target"), "dsf": ("dsf", [], "target"),
-                "simsiam_context": ("simsiam", ["method.params.branch=context"], "context")}
+def tile_grid(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """(y, x) of every tile's top-left corner: windows of WINDOW px, stride TILE, inside the image; the tile
+    sits in the middle of its window."""
+    h, w = shape
+    off = (WINDOW - TILE) // 2
+    return [(y + off, x + off) for y in range(0, h - WINDOW + 1, TILE) for x in range(0, w - WINDOW + 1, TILE)]
 
 
-def encoder_paths(work: Path, args) -> dict[str, dict[str, str]]:
-    """{method: {"target": file, ["context": file]}}: the encoders each table row fine-tunes from.
+def all_tiles(data: dict) -> list[str]:
+    """Tile ids ``<image>_y<Y>_x<X>`` over the training images (1080 for MoNuSeg at 500 px)."""
+    return [f"{i}_y{y}_x{x}" for i, img in zip(data["train"]["ids"], data["train"]["images"])
+            for y, x in tile_grid(img.shape[:2])]
 
-    DSF-WSI: both files of its one run. SimSiam: the target backbone's run, and for HookNet the separately
-    pretrained context backbone (``simsiam_context``); never the target weights in the context branch.
-    """
+
+def parse_tile(tile: str) -> tuple[str, int, int]:
+    stem, y, x = tile.rsplit("_", 2)
+    return stem, int(y[1:]), int(x[1:])
+
+
+def draw_tiles(tiles: list[str], fraction: float, seed: int) -> list[str]:
+    """The labelled tiles of a draw: round(fraction · N) of them (at least 1), seeded."""
+    if fraction >= 1:
+        return list(tiles)
+    k = max(1, int(round(fraction * len(tiles))))
+    rng = np.random.default_rng(10_000 + seed)
+    return sorted(tiles[i] for i in rng.choice(len(tiles), size=k, replace=False))
+
+
+def stage(data: dict, work: Path) -> Path:
+    """A ``folder`` dataset: train/ holds every tile's window with labels on the tile only (IGNORE_INDEX
+    around it); test/ the whole test images. Written once."""
+    from pathseg.io.files import write_image
+    from pathseg.sample import IGNORE_INDEX
+
+    root = work / "ft_data"
+    if (root / ".complete").exists():
+        return root
+    for split in ("train", "test"):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+    off = (WINDOW - TILE) // 2
+    for i, img, msk in zip(data["train"]["ids"], data["train"]["images"], data["train"]["masks"]):
+        for y, x in tile_grid(img.shape[:2]):
+            wy, wx = y - off, x - off
+            m = np.full((WINDOW, WINDOW), IGNORE_INDEX, np.uint8)
+            m[off:off + TILE, off:off + TILE] = msk[y:y + TILE, x:x + TILE]
+            write_image(root / "train" / "images" / f"{i}_y{y}_x{x}.png", img[wy:wy + WINDOW, wx:wx + WINDOW])
+            write_image(root / "train" / "masks" / f"{i}_y{y}_x{x}.png", m)
+    for i, img, msk in zip(data["test"]["ids"], data["test"]["images"], data["test"]["masks"]):
+        write_image(root / "test" / "images" / f"{i}.png", img)
+        write_image(root / "test" / "masks" / f"{i}.png", np.asarray(msk, np.uint8))
+    (root / ".complete").touch()
+    return root
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+def pretrain_dir(work: Path, run: str) -> Path:
+    return work / f"pretrain_{run}"
+
+
+def encoder_at(work: Path, run: str, step: int | None = None) -> Path:
+    """The exported encoder of ``run`` (its branch's file) at snapshot ``step`` (None: the final export)."""
+    from pathseg.engine.pretrain import snapshot_dir
     from pathseg.methods.ssl.export import encoder_file
 
-    out = {"simsiam": {"target": str(work / "pretrain_simsiam" / encoder_file("target"))},
-           "dsf": {"target": str(work / "pretrain_dsf" / encoder_file("target"))}}
-    if args.model == "hooknet":
-        out["simsiam"]["context"] = str(work / "pretrain_simsiam_context" / encoder_file("context"))
-        out["dsf"]["context"] = str(work / "pretrain_dsf" / encoder_file("context"))
-    return out
+    branch = PRETRAININGS[run][2]
+    d = pretrain_dir(work, run) if step is None else snapshot_dir(pretrain_dir(work, run), step)
+    return d / encoder_file(branch)
 
 
-def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str, dict[str, str]]:
+def run_pretraining(run: str, args: argparse.Namespace) -> dict[str, Any]:
     from pathseg.data.base import shared_data_root
     from pathseg.data.glas import GLAS_NOMINAL_MPP
     from pathseg.data.monuseg import MONUSEG_NOMINAL_MPP
     from pathseg.engine.config import load_config
-    from pathseg.methods.ssl.export import encoder_file
     from pathseg.engine.pretrain import pretrain
 
     data = shared_data_root()
@@ -142,275 +172,372 @@ def pretrain_encoders(args, work: Path, glas_train_files: list[str]) -> dict[str
     sources = [str(data / "slides/CMU-1-Small-Region.svs"),
                {"path": str(data / "slides/TCGA-CR-7395-01A-01-TS1.svs"), "mpp": 0.5},
                {"path": str(data / "slides/kidney-48-5.tif"), "mpp": 0.5},
-               {"path": str(data / "monuseg2018/train/images"), "mpp": MONUSEG_NOMINAL_MPP}]
-    sources += [{"path": f, "mpp": GLAS_NOMINAL_MPP} for f in glas_train_files]
-    runs = ["simsiam", "dsf"] + (["simsiam_context"] if args.model == "hooknet" else [])
-    for run in runs:
-        method, extra, branch = PRETRAININGS[run]
-        out = work / f"pretrain_{run}"
-        if args.pretrain_only and run != args.pretrain_only:
-            continue
-        if not (out / encoder_file(branch)).exists():
-            cfg = load_config(BENCH_CONFIG, [
-                f"method.name={method}", *extra, f"trainer.max_steps={args.pretrain_steps}", f"trainer.out={out}",
-                f"data.batch_size={args.pretrain_batch}"])
-            cfg.data.options["sources"] = sources
-            t0 = time.time()
-            pretrain(cfg)
-            print(f"pretrained {run}: {time.time() - t0:.0f} s", flush=True)
-    return encoder_paths(work, args)
+               {"path": str(data / "monuseg2018/train/images"), "mpp": MONUSEG_NOMINAL_MPP},
+               {"path": str(data / "glas/train/images"), "mpp": GLAS_NOMINAL_MPP}]
+    method, extra, _ = PRETRAININGS[run]
+    out = pretrain_dir(Path(args.work), run)
+    cfg = load_config(BENCH_CONFIG, [
+        f"method.name={method}", *extra, f"trainer.max_steps={args.pretrain_steps}", f"trainer.out={out}",
+        f"trainer.val_every={args.snapshot_every}", f"data.batch_size={args.pretrain_batch}", "trainer.seed=0",
+        "trainer.resume=true", "trainer.log_every=10"])
+    cfg.data.options["sources"] = sources
+    t0 = time.time()
+    res = pretrain(cfg)
+    curve = loss_curve(out)
+    return {"method": f"pretrain:{run}", "dataset": "unlabelled", "fraction": 0.0, "seed": 0,
+            "metrics": {"loss_first": curve[0][1] if curve else None, "loss_last": curve[-1][1] if curve else None,
+                        "steps": args.pretrain_steps},
+            "seconds": round(time.time() - t0, 1), "pretrain_seconds": res["seconds"], "curve": curve,
+            "record": json.loads(Path(res["record"]).read_text())["trained_on"]}
 
 
-def stage_folder(data: dict, dataset: str, work: Path) -> Path:
-    """The images and masks of ``data`` (as :func:`load_images` read them) as a ``folder`` dataset,
-    ``<work>/ft_data/<dataset>/{train,test}/{images,masks}/<id>.png``, written once; returns its root."""
-    from pathseg.io.files import write_image
-
-    root = work / "ft_data" / f"{dataset}_{FT_MPP:g}um"
-    done = root / ".complete"
-    if done.exists():
-        return root
-    for split in ("train", "test"):
-        d = data[split]
-        for sub in ("images", "masks"):
-            (root / split / sub).mkdir(parents=True, exist_ok=True)
-        for i, img, msk in zip(d["ids"], d["images"], d["masks"]):
-            write_image(root / split / "images" / f"{i}.png", img)
-            write_image(root / split / "masks" / f"{i}.png", np.asarray(msk, np.uint8))
-    done.touch()
-    return root
+def loss_curve(out: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) from a pretraining run's logs/metrics.csv."""
+    path = out / "logs" / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    pts = {}
+    for r in rows:
+        if r.get("train/loss") not in (None, ""):
+            pts[int(float(r["step"]))] = float(r["train/loss"])
+    return sorted(pts.items())
 
 
-def fine_tune(weights: dict[str, str] | None, data: dict, labeled: list[str], seed: int, args,
-              dataset: str = "monuseg") -> tuple[dict, float]:
-    """Fine-tune ``args.model`` from ``weights`` (None: random init) on the labelled images through the one
-    training driver (:func:`pathseg.engine.train.train`), then score the held-out images with
-    :func:`pathseg.engine.train.evaluate`.
+# ---------------------------------------------------------------------------------------------- probe
+def probe_encoders(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
+    """(label, pretraining run or "random", snapshot step) of every probed encoder."""
+    steps = list(range(args.snapshot_every, args.pretrain_steps + 1, args.snapshot_every))
+    return [("random", "random", None)] + [(f"{run}@{s}", run, s) for run in ("simsiam", "dsf") for s in steps]
 
-    unet: U-Net over the pretrained target encoder ``weights["target"]``, on random ``crop`` px crops.
-    hooknet: HookNet with the target encoder from ``weights["target"]`` and the context encoder from
-    ``weights["context"]`` (DSF-WSI's context branch, or SimSiam's context backbone), on concentric
-    target/context pairs at the pretraining's ratio (``data.context``), target loss only; scored on each
-    whole held-out image, as every pathseg evaluation.
-    """
-    import json
 
+_FEATURES: dict[str, Any] = {}
+
+
+def features_of(label: str, run: str, step: int | None, data: dict, args: argparse.Namespace) -> dict[str, list]:
+    """Stride-4 frozen features of every training and test image for one encoder (kept for the next draw)."""
+    import torch
+
+    from pathseg.methods.ssl.probe import dense_features
+    from pathseg.models import create_model
+
+    if label in _FEATURES:
+        return _FEATURES[label]
+    _FEATURES.clear()
+    torch.manual_seed(0)  # random init: the same network for every draw
+    weights = None if run == "random" else str(encoder_at(Path(args.work), run, step))
+    model = create_model("unet", encoder="resnet18", num_classes=2, weights=weights)
+    _FEATURES[label] = {s: [dense_features(model, im).half() for im in data[s]["images"]] for s in ("train", "test")}
+    return _FEATURES[label]
+
+
+def run_probe(label: str, run: str, step: int | None, fraction: float, draw: int, data: dict,
+              args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from pathseg.methods.ssl.probe import fit_linear_probe, grid_labels, probe_predict
+    from pathseg.metrics.confusion import confusion_matrix, metrics_from_confusion
+    from pathseg.sample import IGNORE_INDEX
+
+    t0 = time.time()
+    feats = features_of(label, run, step, data, args)
+    tiles = draw_tiles(all_tiles(data), fraction, draw)
+    index = {i: k for k, i in enumerate(data["train"]["ids"])}
+    xs, ys = [], []
+    for t in tiles:  # the grid pixels inside each labelled tile
+        stem, y, x = parse_tile(t)
+        k = index[stem]
+        f = feats["train"][k]
+        lab = grid_labels(data["train"]["masks"][k], 4)
+        gy, gx = slice(y // 4, (y + TILE) // 4), slice(x // 4, (x + TILE) // 4)
+        xs.append(f[:, gy, gx].reshape(f.shape[0], -1).T.float())
+        ys.append(torch.from_numpy(lab[gy, gx].reshape(-1).astype(np.int64)))
+    x, y = torch.cat(xs), torch.cat(ys)
+    keep = y != IGNORE_INDEX
+    head = fit_linear_probe(x[keep], y[keep], num_classes=2)
+    cm = np.zeros((2, 2), np.int64)
+    for f, m in zip(feats["test"], data["test"]["masks"]):
+        pred = probe_predict(head, f.float(), m.shape)
+        cm += confusion_matrix(m, pred, 2)
+    met = metrics_from_confusion(cm, ["background", "nucleus"])
+    return {"method": f"probe:{label}", "dataset": DATASET, "fraction": float(fraction), "seed": draw,
+            "metrics": {"F1": float(met["Dice/nucleus"]), "accuracy": float(met["accuracy"]),
+                        "mIoU": float(met["mIoU"]), "train_loss": head.loss},
+            "labeled_tiles": len(tiles), "encoder": label, "seconds": round(time.time() - t0, 1)}
+
+
+# ---------------------------------------------------------------------------------------------- fine-tune
+def run_finetune(init: str, fraction: float, seed: int, data: dict, args: argparse.Namespace) -> dict[str, Any]:
     from pathseg.engine.config import load_config
     from pathseg.engine.train import evaluate, train
 
-    t0 = time.time()
     work = Path(args.work)
-    root = stage_folder(data, dataset, work)
-    split = work / "ft_data" / "splits" / f"{dataset}_{len(labeled)}_seed{seed}.json"
+    root = stage(data, work)
+    tiles = draw_tiles(all_tiles(data), fraction, seed)
+    split = work / "ft_splits" / f"{fraction_label(fraction).replace('/', '-')}_seed{seed}.json"
     split.parent.mkdir(parents=True, exist_ok=True)
-    rest = sorted(set(data["train"]["ids"]) - set(labeled))
-    split.write_text(json.dumps({"labeled": sorted(labeled), "unlabeled": rest, "test": list(data["test"]["ids"])}))
-    c = args.crop
-    target = None if weights is None else weights["target"]
-    overrides = [
-        "data.dataset=folder", f"data.root={root}", "data.options.class_names=[background, foreground]",
-        f"data.options.mpp={data['train']['mpp']}", f"data.split_file={split}", "data.val_split=test",
+    split.write_text(json.dumps({"labeled": tiles, "unlabeled": [], "test": list(data["test"]["ids"])}))
+    target = {"random": None, "simsiam": encoder_at(work, "simsiam"), "dsf": encoder_at(work, "dsf")}[init]
+    context = {"random": None, "simsiam": encoder_at(work, "simsiam_context"),
+               "dsf": pretrain_dir(work, "dsf") / "context_encoder.safetensors"}[init]
+    out = work / "ft_runs" / f"{init}_{fraction_label(fraction).replace('/', '-')}_seed{seed}"
+    cfg = load_config(None, [
+        "data.dataset=folder", f"data.root={root}", "data.options.class_names=[background, nucleus]",
+        f"data.options.mpp={MPP}", f"data.split_file={split}", "data.val_split=test",
         f"data.batch_size={args.ft_batch}", "optim.name=adam", f"optim.lr={args.lr}", "optim.weight_decay=0.0001",
         "optim.poly_power=0.9", f"trainer.max_steps={args.ft_steps}", f"trainer.val_every={args.ft_steps}",
         f"trainer.seed={seed}", "trainer.resume=false", "trainer.progress=false", "trainer.threads=1",
-        f"trainer.out={work / 'ft_runs' / f'{args.model}_{dataset}_{len(labeled)}_{seed}_{time.time_ns()}'}",
-        f"model.name={args.model}", "model.encoder=resnet18", f"model.weights={target or 'null'}",
-    ]
-    if args.model == "hooknet":
-        ctx = None if weights is None else weights["context"]  # KeyError rather than target weights in the context
-        overrides += [f"model.options.ratio={HOOK_RATIO}", f"model.options.tile={c}",
-                      f"model.options.context_weights={ctx or 'null'}", f"data.context={{ratio: {HOOK_RATIO}}}",
-                      "method.name=hooknet", "method.params={context_weight: 0.0}"]
-    cfg = load_config(None, overrides)
-    cfg.data.train_transforms = [{"name": "random_crop", "size": c}, {"name": "flip"}, {"name": "rotate90"}]
+        f"trainer.out={out}", "model.name=hooknet", "model.encoder=resnet18", f"model.weights={target or 'null'}",
+        f"model.options.ratio={RATIO}", f"model.options.tile={TILE}",
+        f"model.options.context_weights={context or 'null'}",
+        f"data.context={{ratio: {RATIO}, position: center}}", "method.name=hooknet",
+        "method.params={context_weight: 0.0}"])
+    cfg.data.train_transforms = [{"name": "random_crop", "size": TILE}, {"name": "flip"}, {"name": "rotate90"}]
+    t0 = time.time()
     res = train(cfg)
+    train_s = time.time() - t0
     m = evaluate(res["checkpoint"], cfg, "test")
-    return {"F1": float(m["Dice/foreground"]), "accuracy": float(m["accuracy"])}, time.time() - t0
+    return {"method": init, "dataset": DATASET, "fraction": float(fraction), "seed": seed,
+            "metrics": {"F1": float(m["Dice/nucleus"]), "accuracy": float(m["accuracy"]), "mIoU": float(m["mIoU"])},
+            "labeled_tiles": len(tiles), "seconds": round(time.time() - t0, 1), "train_seconds": round(train_s, 1),
+            "steps": args.ft_steps}
 
 
-def labelled_counts(rows: list[dict], dataset: str) -> str:
-    """"1, 7, 36 at 1%, 10%, 50%": the labelled images of each fraction in the rows of ``dataset``."""
-    counts = {f: sorted({r.get("labeled_images", len(r.get("labeled", []))) for r in rows
-                         if r["dataset"] == dataset and r["fraction"] == f}) for f in FRACTIONS}
-    shown = [(f, c) for f, c in counts.items() if c]
-    return (", ".join("/".join(map(str, c)) for _, c in shown) + " at "
-            + ", ".join(f"{int(f * 100)}%" for f, _ in shown)) if shown else "no rows yet"
-
-
-def markdown(rows: list[dict], args, pre_seconds: dict) -> str:
-    from pathseg.methods.ssl.dsf import kept_targets
-
-    title = {"unet": "U-Net", "hooknet": "HookNet"}[args.model]
-    lines = [f"# Self-supervised pretraining (DSF-WSI Table IV layout), CPU scale: fine-tuning {title}", "",
-             "F1 (foreground pixel Dice) and pixel accuracy on held-out images, mean ± std over the seeds run "
-             "(n = seeds). Fraction = share of training images labelled.", ""]
-    head = "| Pretraining | " + " | ".join(f"MoNuSeg {int(f * 100)}% F1 | acc" for f in FRACTIONS) + " | " + \
-           " | ".join(f"GlaS {int(f * 100)}% F1 | acc" for f in FRACTIONS) + " |"
-    lines += [head, "|---" * (1 + 4 * len(FRACTIONS)) + "|"]
-    for meth in METHODS:
-        cells = []
-        for ds in ("monuseg", "glas"):
-            for f in FRACTIONS:
-                sel = [r for r in rows if r["method"] == meth and r["dataset"] == ds and r["fraction"] == f]
-                for key in ("F1", "accuracy"):
-                    v = np.array([r["metrics"][key] for r in sel])
-                    cells.append(f"{v.mean():.3f} ± {v.std():.3f} (n={len(v)})" if len(v) else "–")
-        lines.append(f"| {meth} | " + " | ".join(cells) + " |")
-    lines += ["", "Ranking by mean F1 (the paper's claim: dsf > simsiam > random, gap largest at 1%):", ""]
-    for ds in ("monuseg", "glas"):
+# ---------------------------------------------------------------------------------------------- report
+def markdown(result: dict[str, Any]) -> str:
+    rows, rec = result["rows"], result["recipe"]
+    ft = [r for r in rows if r["method"] in INITS]
+    probes = [r for r in rows if r["method"].startswith("probe:")]
+    pre = {r["method"].split(":", 1)[1]: r for r in rows if r["method"].startswith("pretrain:")}
+    ceiling = by_seed(ft, "random", 1.0, "F1")
+    n_tiles = next((r["labeled_tiles"] for r in ft if r["fraction"] == 1.0), None)
+    lines = [
+        "# DSF-WSI on MoNuSeg 2018: pretraining, frozen probe and HookNet fine-tuning (DSF-WSI Table IV setting, "
+        "CPU scale-down)", "",
+        f"Made by `{result['command']}` on {result['machine']}.", "",
+        f"Pretraining (no labels; slides, MoNuSeg training and GlaS training images): ResNet-18, "
+        f"{rec['pretrain_steps']} steps of {rec['pretrain_batch']} contexts (64 px at 1.0 µm/px) x 4 targets (64 px "
+        f"at 0.5 µm/px), Adam 1e-3 x sqrt({rec['pretrain_batch']}/32), snapshots every {rec['snapshot_every']} "
+        "steps, one thread. The paper: 4:1 pairs (16 targets), batch 32, hundreds of epochs on a GPU.",
+        f"Fine-tuning: HookNet (ResNet-18 target and context encoders, 2:1, target loss only), {rec['ft_steps']} "
+        f"Adam steps (lr {rec['lr']}, poly 0.9) of {rec['ft_batch']} labelled tiles (64 px, flips, turns) with their "
+        "true context, for every row; the weights after the last step are scored once on the 14 official test "
+        "images (no checkpoint selection). 1% / 10% = 11 / 108 of the 1080 training tiles; a seed fixes the tile "
+        "draw and the initialisation. F1 = pixel Dice of the nucleus class, pooled over the test images.", "",
+    ]
+    if pre:
+        lines += ["## Pretraining", "", "| run | steps | loss, first logged | loss, last logged | seconds |",
+                  "|---|---|---|---|---|"]
+        for run, r in pre.items():
+            m = r["metrics"]
+            first, last = (f"{m[k]:.4f}" if m[k] is not None else "-" for k in ("loss_first", "loss_last"))
+            lines.append(f"| {run} | {m['steps']} | {first} | {last} | {r['pretrain_seconds']:.0f} |")
+        lines += ["", "Loss curves: `ssl_pretrain_loss.png` (SimSiam's loss is the negative cosine, -1 at best; "
+                  "DSF-WSI's sums its heads' terms).", ""]
+    if ft:
+        lines += ["## HookNet fine-tuning", "",
+                  f"Ceiling (random init, all {n_tiles or 1080} tiles labelled, same recipe and budget): F1 "
+                  f"{cell(list(ceiling.values()))}, {len(ceiling)} seeds.", "",
+                  "| fraction | init | F1 mean (sd) | accuracy mean (sd) | below ceiling (F1) | seeds |",
+                  "|---|---|---|---|---|---|"]
+        cmean = statistics.fmean(ceiling.values()) if ceiling else None
         for f in FRACTIONS:
-            means = {}
-            for meth in METHODS:
-                v = [r["metrics"]["F1"] for r in rows if (r["method"], r["dataset"], r["fraction"]) == (meth, ds, f)]
+            for m in INITS:
+                v = by_seed(ft, m, f, "F1")
+                if not v:
+                    continue
+                a = by_seed(ft, m, f, "accuracy")
+                gap = f"{cmean - statistics.fmean(v.values()):.4f}" if cmean is not None else ""
+                lines.append(f"| {fraction_label(f)} | {m} | {cell(list(v.values()))} | {cell(list(a.values()))} | "
+                             f"{gap} | {len(v)} |")
+        lines += ["", "Paired differences (same seeds):", ""] + comparison_lines(ft, FRACTIONS, "F1", PAIRS)
+        lines += ["", "## Claims", ""] + claims(ft)
+    if probes:
+        labels = sorted({r["encoder"] for r in probes}, key=lambda s: (s != "random", s.split("@")[0],
+                                                                       int(s.split("@")[1]) if "@" in s else 0))
+        lines += ["", "## Frozen-encoder linear probe", "",
+                  "A linear pixel classifier on the frozen encoder features (strides 4, 8, 16, 32, resized to "
+                  "stride 4), fitted by L-BFGS on the labelled tiles of a draw, scored on the 14 test images; "
+                  "mean (sd) over the draws.", "",
+                  "| encoder | " + " | ".join(f"{fraction_label(f)} F1" for f in FRACTIONS) + " | draws |",
+                  "|---|" + "---|" * len(FRACTIONS) + "---|"]
+        for lab in labels:
+            vals = [by_seed(probes, f"probe:{lab}", f, "F1") for f in FRACTIONS]
+            lines.append(f"| {lab} | " + " | ".join(cell(list(v.values())) for v in vals) + " | "
+                         f"{max(len(v) for v in vals)} |")
+        last = max((int(s.split("@")[1]) for s in labels if "@" in s), default=None)
+        if last is not None:
+            pp = [("probe:random", f"probe:simsiam@{last}"), ("probe:random", f"probe:dsf@{last}"),
+                  (f"probe:simsiam@{last}", f"probe:dsf@{last}")]
+            lines += ["", f"Paired by draw, final snapshot (step {last}):", ""]
+            lines += comparison_lines(probes, FRACTIONS, "F1", pp)
+    if result.get("notes"):
+        lines += ["", "## Notes", "", result["notes"]]
+    lines += ["", "Plots: `ssl_pretrain.png` (fine-tuning, one line per seed across inits; dashed: the ceiling), "
+              "`ssl_pretrain_loss.png` (pretraining losses, probe F1 by snapshot)."]
+    return "\n".join(lines) + "\n"
+
+
+def claims(ft: list[dict[str, Any]]) -> list[str]:
+    """The paper's claim, DSF-WSI > SimSiam > random with the gap largest at 1%, in the protocol's words."""
+    out = []
+    for f in FRACTIONS:
+        parts = []
+        for base, meth in (("random", "dsf"), ("simsiam", "dsf"), ("random", "simsiam")):
+            r = comparison(ft, f, "F1", base, meth)
+            if r["n"] >= 2:
+                lo, hi = r["ci_t"]
+                parts.append(f"{meth} > {base}: {r['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], {r['wins']}/{r['n']} "
+                             f"seeds, **{r['verdict']}**")
+        if parts:
+            out.append(f"- {fraction_label(f)}: " + "; ".join(parts) + ".")
+    g = {f: comparison(ft, f, "F1", "random", "dsf") for f in FRACTIONS}
+    if all(x["n"] >= 2 for x in g.values()):
+        a, b = g[FRACTIONS[0]]["mean_diff"], g[FRACTIONS[1]]["mean_diff"]
+        verdict = ("does not hold (no positive gap at 1%)" if a <= 0 else
+                   "holds in the means" if a > b else "does not hold")
+        out.append(f"- Gap largest at 1%: dsf − random {a:+.4f} at 1% vs {b:+.4f} at 10%; **{verdict}** (each "
+                   "gap's interval is above).")
+    return out
+
+
+def loss_plot(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    import os
+
+    rows = result["rows"]
+    pre = [r for r in rows if r["method"].startswith("pretrain:")]
+    probes = [r for r in rows if r["method"].startswith("probe:")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for r in pre:
+        pts = r.get("curve") or []
+        if pts:
+            s, v = zip(*pts)
+            k = max(1, len(v) // 40)  # a running mean over ~1/40 of the run
+            sm = np.convolve(v, np.ones(k) / k, mode="valid")
+            axes[0].plot(s[k - 1:], sm, label=r["method"].split(":", 1)[1])
+    axes[0].set_xlabel("pretraining step"), axes[0].set_ylabel("train loss (running mean)")
+    axes[0].legend(fontsize=8), axes[0].grid(alpha=0.3)
+    for run, style in (("simsiam", "-o"), ("dsf", "-s")):
+        for f in FRACTIONS:
+            pts = []
+            for lab in sorted({r["encoder"] for r in probes if r["encoder"].startswith(run + "@")},
+                              key=lambda s: int(s.split("@")[1])):
+                v = list(by_seed(probes, f"probe:{lab}", f, "F1").values())
                 if v:
-                    means[meth] = float(np.mean(v))
-            if means:
-                order = " > ".join(f"{m} {means[m]:.3f}" for m in sorted(means, key=means.get, reverse=True))
-                lines.append(f"- {ds} {int(f * 100)}%: {order}")
-    lines += ["", "Paired by fine-tuning seed (same labelled images, same decoder init), F1 minus random's F1: mean ± std "
-              "(per-seed values):", ""]
-    for ds in ("monuseg", "glas"):
-        for f in FRACTIONS:
-            cells = []
-            for meth in METHODS[1:]:
-                d = []
-                for seed in sorted({r["seed"] for r in rows}):
-                    a = [r["metrics"]["F1"] for r in rows if (r["method"], r["dataset"], r["fraction"], r["seed"])
-                         == (meth, ds, f, seed)]
-                    b = [r["metrics"]["F1"] for r in rows if (r["method"], r["dataset"], r["fraction"], r["seed"])
-                         == ("random", ds, f, seed)]
-                    if a and b:
-                        d.append(a[0] - b[0])
-                if d:
-                    cells.append(f"{meth} {np.mean(d):+.3f} ± {np.std(d):.3f} ({', '.join(f'{x:+.3f}' for x in d)})")
-            if cells:
-                lines.append(f"- {ds} {int(f * 100)}%: " + "; ".join(cells))
-    lines += ["", "## Scale (everything here is far below the paper's)", "",
-              f"- Pretraining: ResNet-18, {args.pretrain_steps} steps, batch {args.pretrain_batch} context patches "
-              f"(64 px at 1.0 µm/px) x 4 target patches (64 px at 0.5 µm/px, 2:1, 2x2 per context), Adam 1e-3 "
-              f"x sqrt({args.pretrain_batch}/32) = {1e-3 * (args.pretrain_batch / 32) ** 0.5:.2e} (the authors' "
-              f"rule), 1 thread; DSF-WSI trains both branches + CTFM (mask 0.5, [context ; "
-              f"{kept_targets(int(PAIR['per_side']) ** 2, 0.5)} kept targets] straight into the fusion heads) + 12 "
-              "heads; SimSiam trains one head on "
-              f"the same target patches (batch {4 * args.pretrain_batch})"
-              + (", and a second backbone on the context patches (simsiam_context)" if args.model == "hooknet" else "")
-              + f". Seconds: {pre_seconds}. "
-              "The paper: 4:1 (16 targets), batch 32, hundreds of epochs over many WSIs.",
-              "- Unlabelled data: 3 slides in ../shared/data/slides (two without MPP metadata, taken as 0.5 µm/px), "
-              f"30 MoNuSeg training images, the {args.glas_train} GlaS training images (not the {GLAS_HOLDOUT} "
-              "held out).",
-              f"- Labelled images: MoNuSeg 30 training images -> 1, 3, 15 at 1%, 10%, 50%; GlaS "
-              f"({args.glas_train + GLAS_HOLDOUT} images: {args.glas_train} train, {GLAS_HOLDOUT} held out) -> "
-              f"{labelled_counts(rows, 'glas')}. Where two fractions give the same split, the row is one run "
-              "reported twice (same_split_as).",
-              f"- Fine-tuning: {MODEL_TEXT[args.model]} (same for all), {args.ft_steps} Adam steps (lr {args.lr}, poly decay 0.9), batch "
-              f"{args.ft_batch} random {args.crop} px crops + flips/rot90; both datasets at {FT_MPP:g} µm/px, the "
-              f"pretraining's target MPP (MoNuSeg x{finetune_scales(FT_MPP)['monuseg']:.3g}, GlaS "
-              f"x{finetune_scales(FT_MPP)['glas']:.3g}). Pretraining seed 0 only; fine-tune seeds vary the labelled "
-              "split and the init "
-              "of the decoder (and of the encoder for random).",
-              f"- Time: {sum(r['seconds'] for r in rows) / 60:.0f} min of fine-tuning rows + "
-              f"{sum(pre_seconds.values()) / 60:.0f} min pretraining, wall clock of one-thread processes that ran "
-              "side by side with other benchmarks on the 2 shared cores (contention included).",
-              "- Evaluation: each whole held-out image through pathseg's evaluate"
-              + (" (HookNet segments the whole image with its context)" if args.model == "hooknet" else "")
-              + f" (MoNuSeg: 14 official test "
-              f"images; GlaS: {GLAS_HOLDOUT} seeded held-out training images), pixel metrics pooled over the set.",
-              ""]
-    return with_notes(NAME if args.model == "unet" else f"{NAME}_hooknet", "\n".join(lines))
+                    pts.append((int(lab.split("@")[1]), statistics.fmean(v)))
+            rnd = list(by_seed(probes, "probe:random", f, "F1").values())
+            if rnd:
+                pts = [(0, statistics.fmean(rnd))] + pts
+            if pts:
+                s, v = zip(*pts)
+                axes[1].plot(s, v, style, ms=3, label=f"{run} {fraction_label(f)}")
+    axes[1].set_xlabel("pretraining step (0 = random init)"), axes[1].set_ylabel("probe F1 (mean over draws)")
+    axes[1].legend(fontsize=8), axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
+def render(result: dict[str, Any], path: Path) -> None:
+    from pathseg.io.files import write_text
+
+    write_text(path.with_suffix(".md"), markdown(result))
+    ft = [r for r in result["rows"] if r["method"] in INITS]
+    seed_plot(ft, path.with_suffix(".png"), methods=list(INITS), fractions=list(FRACTIONS), metric="F1",
+              ceiling=by_seed(ft, "random", 1.0, "F1"), title="MoNuSeg 2018, HookNet from each pretraining")
+    loss_plot(result, path.with_name(path.stem + "_loss.png"))
+
+
+# ---------------------------------------------------------------------------------------------- jobs
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--datasets", default="monuseg,glas")
-    ap.add_argument("--pretrain-steps", type=int, default=500)
-    ap.add_argument("--pretrain-batch", type=int, default=4)
+    ap.add_argument("--pretrain-steps", type=int, default=1000)
+    ap.add_argument("--pretrain-batch", type=int, default=8, help="contexts a step (x4 targets)")
+    ap.add_argument("--snapshot-every", type=int, default=250)
     ap.add_argument("--ft-steps", type=int, default=300)
-    ap.add_argument("--ft-batch", type=int, default=4)
-    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--ft-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seeds", default="0-5", help="fine-tuning seeds (tile draw and init)")
+    ap.add_argument("--ceiling-seeds", default="0-2")
+    ap.add_argument("--draws", type=int, default=10, help="label draws per fraction for the probe")
+    ap.add_argument("--parts", default="pretrain,probe,finetune")
+    ap.add_argument("--shard", default="0/1")
     ap.add_argument("--work", default=str(ROOT / "runs/bench/ssl_pretrain"))
-    ap.add_argument("--name", default=NAME, help="results file: benchmarks/results/<name>.json")
-    ap.add_argument("--pretrain-only", choices=tuple(PRETRAININGS), default=None,
-                    help="pretrain this encoder and stop (run them in parallel, then the script without it; "
-                    "simsiam_context is pretrained for --model hooknet only)")
-    ap.add_argument("--model", choices=("unet", "hooknet"), default="unet",
-                    help="the segmentation model fine-tuned from each encoder (hooknet: both DSF-WSI branches)")
-    ap.add_argument("--merge", default="", help="comma-separated results names whose rows to take in "
-                    "(e.g. the same benchmark run as parallel processes)")
-    ap.add_argument("--fresh", action="store_true", help="start a new table instead of adding to the results file")
-    ap.add_argument("--budget-min", type=float, default=27.0, help="stop starting new rows after this many minutes")
+    ap.add_argument("--results", type=Path, default=RESULTS / f"{NAME}.json")
+    ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    import torch
+
     torch.set_num_threads(1)
-    import pathseg.methods  # noqa: F401
-    from pathseg.data.splits import make_split
-
-    t_start = time.time()
-    work = Path(args.work)
-    data = {d: load_images(d, work / "cache") for d in args.datasets.split(",")}
-    glas = data.get("glas") or load_images("glas", work / "cache")
-    from pathseg.data.base import shared_data_root
-
-    args.glas_train = len(glas["train"]["ids"])
-    glas_files = [str(shared_data_root() / "glas/train/images" / f"{i}.bmp") for i in glas["train"]["ids"]]
-    weights = pretrain_encoders(args, work, glas_files)
-    if args.pretrain_only:  # e.g. the two pretrainings as two processes, then one run for the rows
+    store = RowStore(args.results, {"benchmark": NAME, "command": command(), "machine": machine(),
+                                    "recipe": recipe(args)})
+    if args.report_only:
+        render(json.loads(args.results.read_text()), args.results)
         return
-    import json
+    parts = set(args.parts.split(","))
+    work = Path(args.work)
+    data = load_monuseg(work)
+    seeds, cseeds = parse_seeds(args.seeds), parse_seeds(args.ceiling_seeds)
+    # jobs in an order that never waits long: random-init rows need no pretraining
+    pre_jobs = [("pretrain", run) for run in PRETRAININGS] if "pretrain" in parts else []
+    now, later = [], []
+    if "finetune" in parts:
+        now += [("finetune", "random", 1.0, s) for s in cseeds]
+        now += [("finetune", "random", f, s) for f in FRACTIONS for s in seeds]
+        later += [("finetune", i, f, s) for f in FRACTIONS for s in seeds for i in INITS[1:]]
+    if "probe" in parts:
+        for lab, run, step in probe_encoders(args):
+            (now if run == "random" else later).extend(
+                ("probe", lab, run, step, f, d) for f in FRACTIONS for d in range(args.draws))
+    mine = shard(pre_jobs, args.shard) + shard(now, args.shard) + shard(later, args.shard)
 
-    from pathseg.methods.ssl.data import check_resolution
+    def key(job) -> tuple:
+        if job[0] == "pretrain":
+            return (f"pretrain:{job[1]}", "unlabelled", 0.0, 0)
+        if job[0] == "finetune":
+            return (job[1], DATASET, round(job[2], 6), job[3])
+        return (f"probe:{job[1]}", DATASET, round(job[4], 6), job[5])
 
-    pre_seconds = {}
-    for m, files in weights.items():
-        for branch, w in files.items():
-            rec = json.loads(Path(w).with_name("encoder.json").read_text())
-            pre_seconds[Path(w).parent.name.removeprefix("pretrain_")] = rec["seconds"]
-            for ds, d in data.items():  # fine-tuning reads each dataset at the resolution the branch learned
-                check_resolution(rec, d["train"]["mpp"] if branch == "target" else d["train"]["mpp"] * HOOK_RATIO,
-                                 branch=branch)
-    rows = [] if args.fresh else load_rows(args.name)
-    if any(r.get("evaluation") != "whole image" for r in rows):  # rows scored on a centre crop, by the old loop
-        print(f"{args.name}: dropping {sum(r.get('evaluation') != 'whole image' for r in rows)} rows scored on a "
-              "centre crop by the earlier fine-tuning loop; they are not comparable with the driver's rows", flush=True)
-        rows = [r for r in rows if r.get("evaluation") == "whole image"]
-    for other in filter(None, args.merge.split(",")):
-        keys = {(r["method"], r["dataset"], r["fraction"], r["seed"]) for r in rows}
-        rows += [r for r in load_rows(other) if (r["method"], r["dataset"], r["fraction"], r["seed"]) not in keys]
-    for r in rows:  # rows from an earlier version of this script: add the labelled ids, mark repeated splits
-        if "labeled" not in r and r["dataset"] in data:
-            r["labeled"] = make_split(data[r["dataset"]]["train"]["ids"], r["fraction"], r["seed"])["labeled"]
-    for r in rows:
-        first = min((q["fraction"] for q in rows if (q["method"], q["dataset"], q["seed"]) ==
-                     (r["method"], r["dataset"], r["seed"]) and q.get("labeled") == r.get("labeled")), default=None)
-        if first is not None and first < r["fraction"]:
-            r["same_split_as"] = first
-    done = {(r["method"], r["dataset"], r["fraction"], r["seed"]) for r in rows}
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for ds, d in data.items():
-            for f in FRACTIONS:
-                labeled = make_split(d["train"]["ids"], f, seed)["labeled"]
-                for meth in METHODS:
-                    if (meth, ds, f, seed) in done:
-                        continue
-                    same = [r for r in rows if (r["method"], r["dataset"], r["seed"]) == (meth, ds, seed)
-                            and r.get("labeled") == labeled]
-                    if same:  # the same labelled images and seed: the run would be identical
-                        rows.append({**same[0], "fraction": f, "same_split_as": same[0]["fraction"]})
-                        write_results(args.name, rows, markdown(rows, args, pre_seconds))
-                        continue
-                    if (time.time() - t_start) / 60 > args.budget_min:
-                        print("time budget reached; rerun to add the remaining rows", flush=True)
-                        write_results(args.name, rows, markdown(rows, args, pre_seconds))
-                        return
-                    metrics, sec = fine_tune(None if meth == "random" else weights[meth], d, labeled, seed, args, ds)
-                    rows.append({"method": meth, "dataset": ds, "fraction": f, "seed": seed, "metrics": metrics,
-                                 "evaluation": "whole image",
-                                 "seconds": round(sec, 1), "labeled_images": len(labeled), "labeled": labeled})
-                    print(f"{meth:8s} {ds:8s} {f:<5} seed {seed}: F1 {metrics['F1']:.3f} acc "
-                          f"{metrics['accuracy']:.3f} ({sec:.0f} s)", flush=True)
-                    write_results(args.name, rows, markdown(rows, args, pre_seconds))
-    write_results(args.name, rows, markdown(rows, args, pre_seconds))
+    def ready(job) -> bool:
+        if job[0] == "probe":
+            return job[2] == "random" or encoder_at(work, job[2], job[3]).exists()
+        if job[0] == "finetune" and job[1] != "random":
+            runs = ("dsf",) if job[1] == "dsf" else ("simsiam", "simsiam_context")
+            return all(encoder_at(work, r).exists() for r in runs) and (
+                job[1] != "dsf" or (pretrain_dir(work, "dsf") / "context_encoder.safetensors").exists())
+        return True
+
+    pending = [j for j in mine if not store.has(key(j))]
+    while pending:
+        job = next((j for j in pending if ready(j)), None)
+        if job is None:
+            print("waiting for the other shard's pretraining ...", flush=True)
+            time.sleep(60)
+            continue
+        pending.remove(job)
+        if store.has(key(job)):
+            continue
+        if job[0] == "pretrain":
+            row = run_pretraining(job[1], args)
+        elif job[0] == "finetune":
+            row = run_finetune(job[1], job[2], job[3], data, args)
+        else:
+            row = run_probe(job[1], job[2], job[3], job[4], job[5], data, args)
+        store.add(row, lambda result: render(result, args.results))
+        m = row["metrics"]
+        print(f"{row['method']} {fraction_label(row['fraction']) if row['fraction'] else ''} seed {row['seed']}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and not math.isnan(v))
+              + f" ({row['seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

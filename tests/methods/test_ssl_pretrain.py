@@ -102,26 +102,34 @@ def _benchmark():
     return mod
 
 
-def test_the_benchmark_fine_tunes_each_dataset_at_the_pretraining_resolution(shared_dataset, tmp_path):
-    from pathseg.methods.ssl.data import check_resolution
+def test_the_benchmark_fine_tunes_tiles_with_their_true_context_at_the_pretraining_geometry(tmp_path):
+    import numpy as np
+
+    from pathseg.sample import IGNORE_INDEX
 
     bench = _benchmark()
     pair = load_config(ROOT / "configs" / "ssl" / "bench_cpu.yaml", []).data.options["pair"]
-    assert bench.FT_MPP == pair["target_mpp"] == 0.5
-    assert bench.HOOK_RATIO == pair["context_mpp"] / pair["target_mpp"] == 2
-    scales = bench.finetune_scales(0.5)
-    assert scales["glas"] == pytest.approx(0.62 / 0.5) and scales["monuseg"] == pytest.approx(0.25 / 0.5)
-    shared_dataset("glas")
-    glas = bench.load_images("glas", tmp_path)
-    assert glas["train"]["mpp"] == pytest.approx(0.5) and glas["test"]["mpp"] == pytest.approx(0.5)
-    h, w = glas["train"]["images"][0].shape[:2]
-    from pathseg.data.glas import GlaS
+    assert (bench.TILE, bench.MPP) == (pair["target_size"], pair["target_mpp"]) == (64, 0.5)
+    assert bench.RATIO == pair["context_mpp"] / pair["target_mpp"] == 2
+    grid = bench.tile_grid((500, 500))  # a MoNuSeg image at 0.5 µm/px
+    assert len(grid) == 36 and grid[0] == (32, 32) and grid[-1] == (352, 352)
+    assert all(y - 32 >= 0 and y - 32 + bench.WINDOW <= 500 for y, _ in grid)  # every context window inside
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (500, 500, 3)).astype(np.uint8)
+    msk = rng.integers(0, 2, (500, 500)).astype(np.uint8)
+    data = {"train": {"ids": ["a"], "images": [img], "masks": [msk]},
+            "test": {"ids": ["t"], "images": [img], "masks": [msk]}}
+    tiles = bench.all_tiles(data)
+    assert tiles[0] == "a_y32_x32" and bench.parse_tile("a_y96_x160") == ("a", 96, 160)
+    assert bench.draw_tiles(tiles, 0.1, 3) == bench.draw_tiles(tiles, 0.1, 3) != bench.draw_tiles(tiles, 0.1, 4)
+    assert len(bench.draw_tiles(tiles, 0.01, 0)) == 1 and len(bench.draw_tiles(tiles, 0.1, 0)) == 4
+    root = bench.stage(data, tmp_path)
+    from pathseg.io.files import read_image
 
-    ds = GlaS(split="train")
-    h0, w0 = ds[ds.ids.index(glas["train"]["ids"][0])]["image"].shape[:2]
-    assert (h, w) == (round(h0 * 1.24), round(w0 * 1.24))  # 0.62 µm/px enlarged to 0.5, as pretraining reads it
-    assert glas["train"]["masks"][0].shape == (h, w)
-    record = {"trained_on": {"pair": dict(pair)}}
-    check_resolution(record, glas["train"]["mpp"])
-    with pytest.raises(ConfigError, match="pretrained at 0.5"):
-        check_resolution(record, 1.24)  # the resolution this benchmark fine-tuned GlaS at before issue 15
+    win = read_image(root / "train" / "images" / "a_y96_x160.png")
+    lab = read_image(root / "train" / "masks" / "a_y96_x160.png", mode=None)
+    assert np.array_equal(win, img[64:192, 128:256])  # the 128 px window around the tile
+    assert np.array_equal(lab[32:96, 32:96], msk[96:160, 160:224])  # labels on the tile only
+    outside = np.ones_like(lab, bool)
+    outside[32:96, 32:96] = False
+    assert (lab[outside] == IGNORE_INDEX).all()
