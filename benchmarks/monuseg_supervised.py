@@ -16,6 +16,7 @@ Run as two processes on two cores; rows are appended under a lock as they finish
 
     python benchmarks/monuseg_supervised.py --shard 0/2 &  python benchmarks/monuseg_supervised.py --shard 1/2
     python benchmarks/monuseg_supervised.py --report-only
+    python benchmarks/monuseg_supervised.py --shard 1/2 --speculate ce+dice-1000   # finals of a likely pick early
     PATHSEG_BENCH_RESULTS=/tmp/r python benchmarks/monuseg_supervised.py --steps-scale 0.005 --seeds 0 \\
         --search-seeds 0                                                           # smallest run
 """
@@ -114,7 +115,9 @@ def chosen(rows: list[dict[str, Any]], seeds: list[int]) -> str | None:
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     search = [r for r in rows if r["dataset"] == f"{DATASET}/search"]
-    final = [r for r in rows if r["dataset"] == f"{DATASET}/final"]
+    pick = result.get("chosen") or chosen(rows, sorted({r["seed"] for r in search}))
+    # final rows of a candidate that was not chosen (run by --speculate) are not reported
+    final = [r for r in rows if r["dataset"] == f"{DATASET}/final" and r["method"] == pick]
     lines = ["# MoNuSeg 2018 supervised baseline: recipe chosen on validation, scored once on test", "",
              f"Made by `{result['command']}` on {result['machine']}.", "",
              "Every recipe: U-Net/ResNet-18 from scratch, images at half scale (~0.5 µm/px), batch 8, Adam 2e-3 "
@@ -129,7 +132,6 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {cand} | {desc} | {cell([r['metrics']['Dice'] for r in rs])} | "
                          f"{cell([r['metrics']['mIoU'] for r in rs])} | {len(rs)} | "
                          f"{statistics.fmean(r['step_seconds'] for r in rs):.2f} |")
-    pick = result.get("chosen")
     lines += ["", f"Chosen (best mean validation Dice): **{pick}**." if pick else
               "Chosen: not yet (the search is incomplete).", ""]
     lines += ["## 2. Final: the chosen recipe on all 30 training images, scored once on the 14 test images", "",
@@ -175,7 +177,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             axes[0].plot([k] * len(v), [d for _, d in v], "o", ms=4)
     axes[0].set_xticks(range(len(CANDIDATES)), list(CANDIDATES), rotation=20, fontsize=8)
     axes[0].set_ylabel("validation Dice"), axes[0].set_title("search (6 validation images)", fontsize=9)
-    fin = sorted((r["seed"], r["metrics"]["Dice"]) for r in rows if r["dataset"].endswith("final"))
+    pick = result.get("chosen")
+    fin = sorted((r["seed"], r["metrics"]["Dice"]) for r in rows if r["dataset"].endswith("final") and r["method"] == pick)
     if fin:
         axes[1].plot([s for s, _ in fin], [d for _, d in fin], "o-", ms=4)
         axes[1].axhline(0.87, ls="--", color="k", lw=1, label="target 0.87")
@@ -211,6 +214,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_monuseg_supervised")
     ap.add_argument("--results", type=Path, default=RESULTS / f"{NAME}.json")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--speculate", default=None, metavar="CANDIDATE",
+                    help="run CANDIDATE's final seeds while the search is incomplete (kept only if it is chosen)")
     args = ap.parse_args()
     store = RowStore(args.results, {"benchmark": NAME, "command": command(), "machine": machine(),
                                     "recipe": {"base": str(BASE.relative_to(ROOT)), "steps_scale": args.steps_scale,
@@ -225,15 +230,51 @@ def main() -> None:
             row = run_row(cand, "search", seed, args)
             store.add(row, lambda result: render(result, args.results))
             print(f"search {cand} seed {seed}: val Dice {row['metrics']['Dice']:.4f}", flush=True)
+    if args.speculate:  # the final seeds of a likely pick while the other shard's search runs
+        if args.speculate not in CANDIDATES:
+            ap.error(f"--speculate {args.speculate}: not among {', '.join(CANDIDATES)}")
+        run_finals(args.speculate, seeds, store, args, while_open=search_seeds)
     while (pick := chosen(store.rows(), search_seeds)) is None:  # the other shard's candidates
         print("waiting for the other shard's search rows ...", flush=True)
         time.sleep(60)
     store.header["chosen"] = pick
-    for seed in shard(seeds, args.shard):
-        if not store.has((pick, f"{DATASET}/final", 1.0, seed)):
-            row = run_row(pick, "final", seed, args)
-            store.add(row, lambda result: render(result, args.results))
-            print(f"final {pick} seed {seed}: test Dice {row['metrics']['Dice']:.4f}", flush=True)
+    run_finals(pick, seeds, store, args)
+
+
+def run_finals(cand: str, seeds: list[int], store: RowStore, args: argparse.Namespace,
+               while_open: list[int] | None = None) -> None:
+    """Train and score ``cand``'s final seeds that no process has done or claimed (a claim file per seed, taken
+    with O_EXCL, so two processes share the seeds whatever their shards). With ``while_open`` (the search
+    seeds), stop as soon as the search has chosen another candidate; rows of a candidate that is not chosen
+    stay in the file and are not reported."""
+    import os
+
+    claims = Path(args.out) / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        if while_open is not None and chosen(store.rows(), while_open) not in (None, cand):
+            return
+        if store.has((cand, f"{DATASET}/final", 1.0, seed)):
+            continue
+        claim = claims / f"final_{cand}_seed{seed}"
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            txt = claim.read_text().strip()
+            if not txt:
+                continue  # being written by the process that took it
+            try:
+                os.kill(int(txt), 0)
+                continue  # another live process has it
+            except (ProcessLookupError, ValueError):
+                claim.unlink(missing_ok=True)  # its process died: take it over
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        row = run_row(cand, "final", seed, args)
+        store.add(row, lambda result: render(result, args.results))
+        claim.unlink(missing_ok=True)
+        print(f"final {cand} seed {seed}: test Dice {row['metrics']['Dice']:.4f}", flush=True)
 
 
 if __name__ == "__main__":
