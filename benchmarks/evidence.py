@@ -28,7 +28,8 @@ class RowStore:
 
     ``add`` takes an exclusive lock (``<json>.lock``), re-reads the file, appends and rewrites it atomically,
     so two shards running at once never lose each other's rows. ``header`` is what the file carries beside
-    ``rows`` (benchmark, command, machine, recipe, ...); a file made with another ``recipe`` is refused.
+    ``rows`` (benchmark, command, machine, recipe, ...); a file made with another ``recipe``, or by an older
+    script that recorded none, is refused.
     """
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
@@ -36,7 +37,11 @@ class RowStore:
         self.lock = self.path.with_name(self.path.name + ".lock")
         with self._locked():
             prev = self._read()
-            if prev.get("rows") and prev.get("recipe") not in (None, header.get("recipe")):
+            if prev.get("rows") and "recipe" not in prev:
+                raise SystemExit(f"{self.path} holds rows of an older version of this benchmark (no recipe recorded), "
+                                 "which this version's rows would be mixed with: move it aside (git rm it, the history "
+                                 "keeps it) or pass another --results file")
+            if prev.get("rows") and prev.get("recipe") != header.get("recipe"):
                 raise SystemExit(f"{self.path} holds rows made with recipe {prev['recipe']}; these arguments give "
                                  f"{header.get('recipe')}: pass the same settings, or another --results file")
 
