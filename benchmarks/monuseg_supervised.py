@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,10 +102,11 @@ def run_row(candidate: str, stage: str, seed: int, args: argparse.Namespace) -> 
             "losses_end": train_log_means(out, ("loss/sup", "loss/dice"), last=max(1, steps // 5))}
 
 
-def chosen(rows: list[dict[str, Any]], seeds: list[int]) -> str | None:
-    """The candidate with the best mean validation Dice, once every candidate has every search seed."""
+def chosen(rows: list[dict[str, Any]], seeds: list[int], dropped: Iterable[str] = ()) -> str | None:
+    """The candidate with the best mean validation Dice, once every candidate not ``dropped`` has every search
+    seed."""
     means = {}
-    for cand in CANDIDATES:
+    for cand in (c for c in CANDIDATES if c not in set(dropped)):
         v = [r["metrics"]["Dice"] for r in rows if r["dataset"] == f"{DATASET}/search" and r["method"] == cand]
         if len(v) < len(seeds):
             return None
@@ -115,7 +117,8 @@ def chosen(rows: list[dict[str, Any]], seeds: list[int]) -> str | None:
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     search = [r for r in rows if r["dataset"] == f"{DATASET}/search"]
-    pick = result.get("chosen") or chosen(rows, sorted({r["seed"] for r in search}))
+    dropped = result.get("dropped", {})
+    pick = result.get("chosen") or chosen(rows, sorted({r["seed"] for r in search}), dropped)
     # final rows of a candidate that was not chosen (run by --speculate) are not reported
     final = [r for r in rows if r["dataset"] == f"{DATASET}/final" and r["method"] == pick]
     lines = ["# MoNuSeg 2018 supervised baseline: recipe chosen on validation, scored once on test", "",
@@ -127,11 +130,13 @@ def markdown(result: dict[str, Any]) -> str:
              "| candidate | recipe | val Dice mean (sd) | val mIoU mean (sd) | seeds | s / step |",
              "|---|---|---|---|---|---|"]
     for cand, (desc, _) in CANDIDATES.items():
-        rs = [r for r in search if r["method"] == cand]
+        rs = [r for r in search if r["method"] == cand and cand not in dropped]
         if rs:
             lines.append(f"| {cand} | {desc} | {cell([r['metrics']['Dice'] for r in rs])} | "
                          f"{cell([r['metrics']['mIoU'] for r in rs])} | {len(rs)} | "
                          f"{statistics.fmean(r['step_seconds'] for r in rs):.2f} |")
+    for cand, why in dropped.items():
+        lines.append(f"| {cand} | {CANDIDATES[cand][0]} | dropped before its search ran: {why} | | 0 | |")
     lines += ["", f"Chosen (best mean validation Dice): **{pick}**." if pick else
               "Chosen: not yet (the search is incomplete).", ""]
     lines += ["## 2. Final: the chosen recipe on all 30 training images, scored once on the 14 test images", "",
@@ -214,6 +219,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_monuseg_supervised")
     ap.add_argument("--results", type=Path, default=RESULTS / f"{NAME}.json")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--drop", action="append", default=[], metavar="CANDIDATE=REASON",
+                    help="leave a candidate out of the search before it runs (recorded with the reason, e.g. its run "
+                         "exceeds the CPU budget on this machine); repeatable")
     ap.add_argument("--speculate", default=None, metavar="CANDIDATE",
                     help="run CANDIDATE's final seeds while the search is incomplete (kept only if it is chosen)")
     args = ap.parse_args()
@@ -224,7 +232,16 @@ def main() -> None:
         render(json.loads(args.results.read_text()), args.results)
         return
     search_seeds, seeds = parse_seeds(args.search_seeds), parse_seeds(args.seeds)
-    jobs = balanced([(c, s) for s in search_seeds for c in CANDIDATES], args.shard)
+    dropped = dict(d.split("=", 1) if "=" in d else (d, "no reason given") for d in args.drop)
+    unknown = [d for d in dropped if d not in CANDIDATES]
+    if unknown:
+        ap.error(f"--drop {', '.join(unknown)}: not among {', '.join(CANDIDATES)}")
+    if dropped:
+        prev = json.loads(args.results.read_text()).get("dropped", {}) if args.results.exists() else {}
+        store.header["dropped"] = {**prev, **dropped}
+    dropped = store.header.get("dropped") or (json.loads(args.results.read_text()).get("dropped", {})
+                                              if args.results.exists() else {})
+    jobs = balanced([(c, s) for s in search_seeds for c in CANDIDATES if c not in dropped], args.shard)
     for cand, seed in jobs:
         if not store.has((cand, f"{DATASET}/search", 1.0, seed)):
             row = run_row(cand, "search", seed, args)
@@ -233,8 +250,8 @@ def main() -> None:
     if args.speculate:  # the final seeds of a likely pick while the other shard's search runs
         if args.speculate not in CANDIDATES:
             ap.error(f"--speculate {args.speculate}: not among {', '.join(CANDIDATES)}")
-        run_finals(args.speculate, seeds, store, args, while_open=search_seeds)
-    while (pick := chosen(store.rows(), search_seeds)) is None:  # the other shard's candidates
+        run_finals(args.speculate, seeds, store, args, while_open=search_seeds, dropped=dropped)
+    while (pick := chosen(store.rows(), search_seeds, dropped)) is None:  # the other shard's candidates
         print("waiting for the other shard's search rows ...", flush=True)
         time.sleep(60)
     store.header["chosen"] = pick
@@ -242,7 +259,7 @@ def main() -> None:
 
 
 def run_finals(cand: str, seeds: list[int], store: RowStore, args: argparse.Namespace,
-               while_open: list[int] | None = None) -> None:
+               while_open: list[int] | None = None, dropped: Iterable[str] = ()) -> None:
     """Train and score ``cand``'s final seeds that no process has done or claimed (a claim file per seed, taken
     with O_EXCL, so two processes share the seeds whatever their shards). With ``while_open`` (the search
     seeds), stop as soon as the search has chosen another candidate; rows of a candidate that is not chosen
@@ -252,7 +269,7 @@ def run_finals(cand: str, seeds: list[int], store: RowStore, args: argparse.Name
     claims = Path(args.out) / "claims"
     claims.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        if while_open is not None and chosen(store.rows(), while_open) not in (None, cand):
+        if while_open is not None and chosen(store.rows(), while_open, dropped) not in (None, cand):
             return
         if store.has((cand, f"{DATASET}/final", 1.0, seed)):
             continue
