@@ -167,12 +167,8 @@ def seed_plot(rows: Sequence[dict[str, Any]], path: Path, *, methods: Sequence[s
               metric: str, ceiling: dict[int, float] | None = None, title: str = "") -> Path | None:
     """One panel per fraction, methods on the x axis, one line per seed (so the pairing is seen), the
     ceiling's mean as a dashed line. Written atomically as PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fracs = [f for f in fractions if any(math.isclose(float(r["fraction"]), f) for r in rows)]
     if not fracs:
@@ -195,12 +191,43 @@ def seed_plot(rows: Sequence[dict[str, Any]], path: Path, *, methods: Sequence[s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return path
 
 
 __all__ = ["RowStore", "by_seed", "cell", "comparison", "comparison_lines", "fraction_label", "parse_fraction",
            "parse_seeds", "row_key", "seed_plot", "shard", "train_log_means"]
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or None where matplotlib is not installed (no plot then)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically (a temporary file, then a rename), and closed."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def claim_part(rows: Sequence[dict[str, Any]], fraction: float, metric: str, base: str, method: str) -> str | None:
+    """``"<method> > <base>: +d [lo, hi], w/n seeds, **verdict**"``, one claim of a table in the protocol's
+    words, or None with fewer than two paired seeds."""
+    r = comparison(rows, fraction, metric, base, method)
+    if r["n"] < 2:
+        return None
+    lo, hi = r["ci_t"]
+    return (f"{method} > {base}: {r['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], {r['wins']}/{r['n']} seeds, "
+            f"**{r['verdict']}**")

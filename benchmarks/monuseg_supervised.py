@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS, command, machine  # noqa: E402
-from evidence import RowStore, cell, parse_seeds, shard, train_log_means  # noqa: E402
+from evidence import RowStore, cell, parse_seeds, pyplot, save_figure, train_log_means  # noqa: E402
 
 NAME = "monuseg_supervised"
 DATASET = "monuseg2018"
@@ -165,14 +165,9 @@ def render(result: dict[str, Any], path: Path) -> None:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Validation Dice per candidate (one point per seed) and the final test Dice per seed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
-    import os
 
     rows = result["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -192,10 +187,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def balanced(jobs: list[tuple[str, int]], spec: str) -> list[tuple[str, int]]:

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS, command, machine  # noqa: E402
-from evidence import RowStore, cell, comparison, parse_seeds, shard  # noqa: E402
+from evidence import RowStore, cell, parse_seeds, pyplot, save_figure, shard  # noqa: E402
 
 NAME = "segcls_glas"
 FOLDS = 4
@@ -166,14 +166,9 @@ def comparison_of(base: dict[int, float], meth: dict[int, float]) -> dict[str, A
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Share of full F1 against s, one line per method (mean over pairs, bars: sd); the paper's bands at 5%."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
-    import os
 
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -189,10 +184,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log"), ax.set_xlabel("s (% of training images with masks)"), ax.set_ylabel("share of full F1")
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def render(result: dict[str, Any], path: Path) -> None:

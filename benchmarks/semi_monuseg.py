@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS, command, machine  # noqa: E402
-from evidence import (RowStore, by_seed, cell, comparison, comparison_lines, fraction_label,  # noqa: E402
+from evidence import (RowStore, by_seed, cell, claim_part, comparison, comparison_lines, fraction_label,  # noqa: E402
                       parse_fraction, parse_seeds, seed_plot, shard, train_log_means)
 
 BASE = ROOT / "configs/semi/monuseg_cpu.yaml"
@@ -178,11 +178,8 @@ def claims(rows: list[dict[str, Any]], fractions: list[float]) -> list[str]:
     for f in fractions:
         parts = []
         for base, meth in (("SupOnly", "CRCFP"), ("CAC", "CRCFP"), ("SupOnly", "CAC"), ("Control", "CRCFP")):
-            r = comparison(rows, f, "mIoU", base, meth)
-            if r["n"] >= 2:
-                lo, hi = r["ci_t"]
-                parts.append(f"{meth} > {base}: {r['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], {r['wins']}/{r['n']} "
-                             f"seeds, **{r['verdict']}**")
+            if (part := claim_part(rows, f, "mIoU", base, meth)) is not None:
+                parts.append(part)
         if parts:
             out.append(f"- {fraction_label(f)}: " + "; ".join(parts) + ".")
     gains = {f: comparison(rows, f, "mIoU", "SupOnly", "CRCFP") for f in fractions}

@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS, command, machine  # noqa: E402
-from evidence import (RowStore, by_seed, cell, comparison, comparison_lines, fraction_label, parse_seeds,  # noqa: E402
-                      seed_plot, shard)
+from evidence import (RowStore, by_seed, cell, claim_part, comparison, comparison_lines, fraction_label, parse_seeds,  # noqa: E402
+                      pyplot, save_figure, seed_plot, shard)
 
 NAME = "ssl_pretrain"
 DATASET = "monuseg2018"
@@ -385,11 +385,8 @@ def claims(ft: list[dict[str, Any]]) -> list[str]:
     for f in FRACTIONS:
         parts = []
         for base, meth in (("random", "dsf"), ("simsiam", "dsf"), ("random", "simsiam")):
-            r = comparison(ft, f, "F1", base, meth)
-            if r["n"] >= 2:
-                lo, hi = r["ci_t"]
-                parts.append(f"{meth} > {base}: {r['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], {r['wins']}/{r['n']} "
-                             f"seeds, **{r['verdict']}**")
+            if (part := claim_part(ft, f, "F1", base, meth)) is not None:
+                parts.append(part)
         if parts:
             out.append(f"- {fraction_label(f)}: " + "; ".join(parts) + ".")
     g = {f: comparison(ft, f, "F1", "random", "dsf") for f in FRACTIONS}
@@ -403,14 +400,9 @@ def claims(ft: list[dict[str, Any]]) -> list[str]:
 
 
 def loss_plot(result: dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
-    import os
 
     rows = result["rows"]
     pre = [r for r in rows if r["method"].startswith("pretrain:")]
@@ -442,10 +434,7 @@ def loss_plot(result: dict[str, Any], path: Path) -> None:
     axes[1].set_xlabel("pretraining step (0 = random init)"), axes[1].set_ylabel("probe F1 (mean over draws)")
     axes[1].legend(fontsize=8), axes[1].grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def render(result: dict[str, Any], path: Path) -> None:

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RESULTS, command, machine  # noqa: E402
-from evidence import RowStore, by_seed, cell, comparison, parse_seeds, shard  # noqa: E402
+from evidence import RowStore, by_seed, cell, comparison, parse_seeds, pyplot, save_figure, shard  # noqa: E402
 
 NAME = "weak_mlps"
 DATASETS = {
@@ -228,14 +228,9 @@ def render(result: dict[str, Any], path: Path) -> None:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """One panel per dataset: the rows on the x axis, one line per seed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
-    import os
 
     rows = result["rows"]
     dss = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
@@ -252,10 +247,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                       fontsize=7)
         ax.set_title(ds, fontsize=9), ax.set_ylabel("mIoU"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main() -> None:
