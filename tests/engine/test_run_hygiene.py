@@ -156,7 +156,8 @@ def test_ctrl_c_in_train_says_what_was_kept_and_exits_130(tmp_path, monkeypatch)
 def test_sigint_to_the_train_command(tmp_path):
     """A real Ctrl-C (SIGINT) to `python -m pathseg.cli.main train`, once it has written a checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pathseg.cli.main", "train", *TINY, "trainer.max_steps=100000",
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pathseg.cli.main", "train", *TINY,
+                             "trainer.max_steps=100000",
                              f"trainer.out={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -172,9 +173,14 @@ def test_sigint_to_the_train_command(tmp_path):
             break
         except subprocess.TimeoutExpired:
             continue
-    else:
-        proc.kill()
-        raise AssertionError("train did not stop after 30 Ctrl-C in 300 s")
+    else:  # where it hangs: faulthandler prints every thread's stack on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        raise AssertionError("train did not stop after 30 Ctrl-C in 300 s; its stderr ends:\n" + err[-6000:])
     assert proc.returncode == 130, err
     text = " ".join(err.split())
     assert "interrupted" in text and f"kept {last} (step" in text and "Traceback" not in err
