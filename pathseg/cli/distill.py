@@ -52,13 +52,20 @@ def register(app: typer.Typer) -> None:
         weak_rate: float = typer.Option(0.2, "--weak-rate", help="share of weak labels changed by class confusion"),
         expert_fraction: float = typer.Option(0.3, "--expert-fraction", help="share of cells an expert labels"),
         points: bool = typer.Option(False, help="weak labels as point annotations instead of outlines"),
+        weak_clicks: Optional[int] = typer.Option(
+            None, "--weak-clicks", help="weak labels by appearance instead: a QuPath-style classifier on nucleus "
+            "measurements fitted on this many clicked cells per class of stain centre 0 (--weak-rate is then unused)"),
     ) -> None:
         """Write synthetic H&E images with QuPath GeoJSON cell exports (truth, weak, expert)."""
         from pathseg.methods.distill.synthetic import write_synthetic_cells
 
+        if weak_clicks is not None and weak_clicks < 1:
+            raise typer.BadParameter(f"--weak-clicks {weak_clicks}: needs at least 1 clicked cell per class")
         res = write_synthetic_cells(out, n, size, seed=seed, split=split, weak_rate=weak_rate,
-                                    expert_fraction=expert_fraction, points=points)
-        console.print(f"{n} images with cell annotations written to {res['out']} (classes {', '.join(res['classes'])})")
+                                    expert_fraction=expert_fraction, points=points, weak_clicks=weak_clicks)
+        tool = f"; the tool's weak labels are wrong for {res['weak_error']:.1%} of the cells" if "weak_error" in res else ""
+        console.print(f"{n} images with cell annotations written to {res['out']} (classes {', '.join(res['classes'])})"
+                      + tool)
 
     @app.command("cell-bank")
     @friendly

@@ -109,3 +109,33 @@ def test_the_benchmark_banks_have_sparse_balanced_expert_labels_and_tool_labels_
     assert np.bincount(test.truth, minlength=4)[1:].tolist() == [bench.CELLS["test_per_class"]] * 3
     assert all(i.startswith("synthetic-test-") for i in test.image_ids)
     assert not set(test.image_ids) & set(bank.image_ids)
+
+
+def test_synth_cells_weak_clicks_writes_the_tools_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from pathseg.cli.main import app
+    from pathseg.methods.distill.cells import CellBank
+
+    out = tmp_path / "cells"
+    res = CliRunner().invoke(app, ["synth-cells", str(out), "--n", "3", "--size", "128", "--weak-clicks", "5"])
+    assert res.exit_code == 0, res.output
+    assert "the tool's weak labels are wrong for" in " ".join(res.output.split())
+    bank = tmp_path / "bank.npz"
+    res = CliRunner().invoke(app, ["cell-bank", str(out / "images"), "--instances", str(out / "instances"),
+                                   "--weak", str(out / "weak"), "--truth", str(out / "truth"), "--out", str(bank),
+                                   "--size", "32"])
+    assert res.exit_code == 0, res.output
+    b = CellBank.load(bank)
+    # the same labels as the tool gives on the same images (read back through GeoJSON and the bank's matching)
+    items = synthetic_cells(3, 128, seed=0, split="train")
+    weak, info = tool_labels(items, fit_tool(items, clicks=5, seed=0))
+    for image_id, _, inst, _ in items:  # the bank numbers its nuclei anew: match them by centroid
+        sel = np.flatnonzero(b.image_ids == image_id)
+        cy, cx = np.round(b.centroids[sel]).astype(int).T
+        ids = inst[cy, cx]
+        assert (ids > 0).all() and len(set(ids)) == len(ids) == len(weak[image_id])
+        assert (b.weak[sel] == weak[image_id][ids - 1]).all()
+    assert float((b.weak != b.truth).mean()) == pytest.approx(info["error"])
+    res = CliRunner().invoke(app, ["synth-cells", str(out), "--weak-clicks", "0"])
+    assert res.exit_code != 0 and "--weak-clicks 0" in res.output

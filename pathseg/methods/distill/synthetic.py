@@ -220,10 +220,14 @@ def confuse(labels: np.ndarray, rate: float, *, seed: int = 0, class_names=CELL_
 
 def write_synthetic_cells(out: str | Path, n_images: int = 4, size: int = 256, *, seed: int = 0,
                           split: str = "train", weak_rate: float = 0.2, expert_fraction: float = 0.3,
-                          points: bool = False) -> dict[str, Any]:
+                          points: bool = False, weak_clicks: int | None = None) -> dict[str, Any]:
     """Write ``images/*.png``, ``instances/*.png`` and QuPath GeoJSON cells in ``truth/``, ``weak/``,
     ``expert/`` (a random ``expert_fraction`` of the cells, true classes); ``points`` writes point
-    annotations (centroids) for the weak labels instead of outlines."""
+    annotations (centroids) for the weak labels instead of outlines.
+
+    Weak labels: with ``weak_clicks``, by appearance (:func:`fit_tool` on that many clicked cells per class of
+    the written images' stain centre 0, then :func:`tool_labels`; the result's ``"weak_error"`` is the share
+    it got wrong); otherwise :func:`confuse` at ``weak_rate``."""
     from pathseg.io.files import write_image
 
     from .instances import instance_centroids
@@ -232,10 +236,15 @@ def write_synthetic_cells(out: str | Path, n_images: int = 4, size: int = 256, *
 
     out = Path(out)
     rng = np.random.default_rng(seed + 1)
-    for image_id, image, inst, cls in synthetic_cells(n_images, size, seed=seed, split=split):
+    items = synthetic_cells(n_images, size, seed=seed, split=split)
+    by_tool, info = (None, {})
+    if weak_clicks is not None:
+        by_tool, info = tool_labels(items, fit_tool(items, clicks=weak_clicks, seed=seed))
+    for image_id, image, inst, cls in items:
         write_image(out / "images" / f"{image_id}.png", image)
         write_image(out / "instances" / f"{image_id}.png", inst.astype(np.uint16))
-        weak = confuse(cls, weak_rate, seed=seed + zlib.crc32(image_id.encode()) % 100000)
+        weak = (by_tool[image_id] if by_tool is not None else
+                confuse(cls, weak_rate, seed=seed + zlib.crc32(image_id.encode()) % 100000))
         write_geojson(out / "truth" / f"{image_id}.geojson", cells_to_features(inst, cls, CELL_CLASSES))
         if points:
             cent = instance_centroids(inst)
@@ -249,4 +258,4 @@ def write_synthetic_cells(out: str | Path, n_images: int = 4, size: int = 256, *
         chosen = cls.copy()
         chosen[rng.random(cls.size) >= expert_fraction] = UNKNOWN  # not written: the expert did not look at it
         write_geojson(out / "expert" / f"{image_id}.geojson", cells_to_features(inst, chosen, CELL_CLASSES))
-    return {"out": str(out), "classes": CELL_CLASSES}
+    return {"out": str(out), "classes": CELL_CLASSES, **({"weak_error": info["error"]} if info else {})}
