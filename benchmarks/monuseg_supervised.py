@@ -224,15 +224,14 @@ def main() -> None:
         render(json.loads(args.results.read_text()), args.results)
         return
     search_seeds, seeds = parse_seeds(args.search_seeds), parse_seeds(args.seeds)
-    dropped = dict(d.split("=", 1) if "=" in d else (d, "no reason given") for d in args.drop)
-    unknown = [d for d in dropped if d not in CANDIDATES]
+    given = dict(d.split("=", 1) if "=" in d else (d, "no reason given") for d in args.drop)
+    unknown = [d for d in given if d not in CANDIDATES]
     if unknown:
         ap.error(f"--drop {', '.join(unknown)}: not among {', '.join(CANDIDATES)}")
+    prev = json.loads(args.results.read_text()) if args.results.exists() else {}
+    dropped = {**prev.get("dropped", {}), **given}  # a drop recorded by either process holds for both
     if dropped:
-        prev = json.loads(args.results.read_text()).get("dropped", {}) if args.results.exists() else {}
-        store.header["dropped"] = {**prev, **dropped}
-    dropped = store.header.get("dropped") or (json.loads(args.results.read_text()).get("dropped", {})
-                                              if args.results.exists() else {})
+        store.header["dropped"] = dropped
     jobs = balanced([(c, s) for s in search_seeds for c in CANDIDATES if c not in dropped], args.shard)
     for cand, seed in jobs:
         if not store.has((cand, f"{DATASET}/search", 1.0, seed)):

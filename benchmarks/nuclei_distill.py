@@ -96,7 +96,7 @@ def scale_text(counts: tuple[int, ...]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ cells
-def build_banks(work: Path, smoke: bool) -> dict[str, Any]:
+def build_banks(work: Path) -> dict[str, Any]:
     """The weak+expert training bank and the test bank (once; every seed shares them), and the tool's report."""
     from pathseg.io.files import write_json
     from pathseg.methods.distill.cells import CellBank, balanced_subset, bank_from_instances
@@ -421,17 +421,11 @@ def main() -> None:
 
     pending = [j for j in mine if not done(j)]
     if any(j[0] != "nuclei" for j in pending):
-        from pathseg.engine.distill import stage_steps  # noqa: F401  (fail early on a broken install)
-        from pathseg.io.files import write_json
-
-        lock = work / "banks.lock"
         import fcntl
 
-        with open(lock, "w") as fh:  # one process builds the banks, the other waits for them
+        with open(work / "banks.lock", "w") as fh:  # one process builds the banks, the other waits for them
             fcntl.flock(fh, fcntl.LOCK_EX)
-            info = build_banks(work, args.smoke)
-        store.header["banks"] = info
-        write_json(work / "banks.json", info)
+            store.header["banks"] = build_banks(work)
     for job in pending:
         if job[0] == "distill":
             for row in distill_rows(work, job[1], counts):

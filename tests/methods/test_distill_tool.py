@@ -4,7 +4,7 @@ tool's confusion, and the cell population (pathseg.methods.distill.synthetic).""
 import numpy as np
 import pytest
 
-from pathseg.methods.distill.synthetic import (CELL_CLASSES, HEMATOXYLIN_OD, MEASUREMENTS, ToolClassifier,
+from pathseg.methods.distill.synthetic import (CELL_CLASSES, MEASUREMENTS, ToolClassifier,
                                                cell_population, fit_tool, nucleus_measurements, synthetic_cells,
                                                tool_labels)
 
@@ -21,8 +21,11 @@ def test_measurements_of_a_drawn_ellipse_match_its_geometry_and_colour():
     area, ecc, h_mean, h_std = m[0]
     assert area == pytest.approx(np.pi * a * b * 0.25, rel=0.01)  # µm² at 0.5 µm/px
     assert ecc == pytest.approx(np.sqrt(1 - (b / a) ** 2), abs=0.01)  # covariance eigenvalues a²/4, b²/4
-    od = -np.log10((rgb.astype(float) + 1) / 256)
-    assert h_mean == pytest.approx(float(od @ HEMATOXYLIN_OD), rel=1e-9)
+    # colour deconvolution written out: OD = -ln(I / 255) = C @ M, M's rows Ruifrok & Johnston's unit H, E, DAB vectors
+    M = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+    M /= np.linalg.norm(M, axis=1, keepdims=True)
+    od = -np.log(rgb.astype(float) / 255)
+    assert h_mean == pytest.approx(float(np.linalg.solve(M.T, od)[0]), rel=1e-9)
     assert h_std == pytest.approx(0.0, abs=1e-6)
 
 
@@ -93,7 +96,7 @@ def test_the_benchmark_banks_have_sparse_balanced_expert_labels_and_tool_labels_
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.CELLS.update(bench.SMOKE_CELLS)
-    info = bench.build_banks(tmp_path, smoke=True)
+    info = bench.build_banks(tmp_path)
     bank, test = CellBank.load(tmp_path / "bank.npz"), CellBank.load(tmp_path / "test.npz")
     e = bank.expert >= 0
     # the expert labelled exactly expert_per_class of each class, with the true class; every other nucleus unknown

@@ -90,21 +90,21 @@ def cell_population(per_class: int, *, size: int = 512, seed: int = 0, split: st
 
 
 # ------------------------------------------------------------------------------ weak labels by appearance
-#: Ruifrok & Johnston's hematoxylin optical-density vector (RGB), as in QuPath's default H-DAB/H&E stains
-HEMATOXYLIN_OD = np.array([0.650, 0.704, 0.286]) / np.linalg.norm([0.650, 0.704, 0.286])
 MEASUREMENTS = ("area", "eccentricity", "hematoxylin_od_mean", "hematoxylin_od_std")
 
 
 def nucleus_measurements(image: np.ndarray, instances: np.ndarray, mpp: float = 0.5) -> np.ndarray:
     """QuPath-style nucleus measurements, one row per instance 1..N, columns ``MEASUREMENTS``:
     area in µm², eccentricity ``sqrt(1 - λ_min / λ_max)`` of the pixel coordinates' covariance, and the
-    mean and standard deviation over the nucleus of the hematoxylin optical density
-    ``OD = -log10((RGB + 1) / 256)`` projected on ``HEMATOXYLIN_OD``.
+    mean and standard deviation over the nucleus of the hematoxylin concentration from colour deconvolution
+    with Ruifrok & Johnston's vectors (:func:`pathseg.transforms.stain.rgb_to_hed`, as QuPath's default H&E).
 
     Shape:
         image (H, W, 3) uint8, instances (H, W) int -> float64 (N, 4).
     """
     from scipy import ndimage as ndi
+
+    from pathseg.transforms.stain import rgb_to_hed
 
     n = int(instances.max()) if instances.size else 0
     if n == 0:
@@ -121,7 +121,7 @@ def nucleus_measurements(image: np.ndarray, instances: np.ndarray, mpp: float = 
     disc = np.sqrt(np.maximum(half_tr * half_tr - det, 0.0))
     lmax, lmin = half_tr + disc, np.maximum(half_tr - disc, 0.0)
     ecc = np.sqrt(np.clip(1.0 - lmin / np.maximum(lmax, 1e-12), 0.0, 1.0))
-    od = -np.log10((image.astype(np.float64) + 1.0) / 256.0) @ HEMATOXYLIN_OD
+    od = rgb_to_hed(image)[..., 0]
     h_mean = ndi.mean(od, instances, idx)
     h_std = np.sqrt(np.maximum(ndi.mean(od * od, instances, idx) - h_mean * h_mean, 0.0))
     return np.stack([area * mpp * mpp, ecc, h_mean, h_std], 1)
