@@ -61,9 +61,9 @@ COUNTS = (100, 500, 1000, 1500, 1900)
 CLOSE = 0.02  # "close": the paired difference's 95% interval inside +-CLOSE Dice
 
 CELLS: dict[str, Any] = dict(image_size=512, patch=32, weak_per_class=2000, expert_per_class=2400,
-                             test_per_class=1000, clicks=20, teacher_epochs=3, student_epochs=6,
-                             ft_lr=(1e-4, 1e-3), ft_dropout=(0.5,), ft_epochs=10, expert_only=(100, 1900),
-                             expert_only_epochs=30)
+                             test_per_class=1000, clicks=20, teacher_epochs=1, student_epochs=2,
+                             ft_lr=(1e-4, 1e-3), ft_dropout=(0.5,), ft_epochs=6, expert_only=(100, 1900),
+                             expert_only_epochs=20)
 NUCLEI: dict[str, Any] = dict(scale=0.5, patch=256, steps=300, batch=4, lr=1e-3)
 SMOKE_CELLS = dict(image_size=128, weak_per_class=12, expert_per_class=10, test_per_class=6, clicks=3,
                    teacher_epochs=1, student_epochs=1, ft_lr=(1e-3,), ft_epochs=1, expert_only=(2,),
@@ -152,7 +152,7 @@ def cell_config(seed: int, counts: tuple[int, ...]):
         f"student.epochs={c['student_epochs']}", f"finetune.counts={list(counts)}",
         f"finetune.lr={list(c['ft_lr'])}", f"finetune.dropout={list(c['ft_dropout'])}",
         f"finetune.epochs={c['ft_epochs']}", "finetune.batch_size=32", "finetune.holdout=0.2", f"seed={seed}",
-        "threads=1"])
+        "threads=1", "trainer.channels_last=true"])
 
 
 METRIC_KEYS = ("F1", "accuracy", "precision", "recall", "F1_macro")
@@ -226,7 +226,7 @@ def nuclei_row(work: Path, model: str, seed: int, smoke: bool) -> dict[str, Any]
         f"model.name={model}", f"data.options.sources={sources}", f"data.options.patch={n['patch']}",
         "data.train_transforms=[{name: flip}, {name: rotate90}]", f"data.batch_size={n['batch']}",
         "data.mpp=0.5", f"optim.lr={n['lr']}", "optim.poly_power=0.9", f"trainer.max_steps={n['steps']}",
-        f"trainer.val_every={n['steps']}", "trainer.threads=1", "trainer.channels_last=false",
+        f"trainer.val_every={n['steps']}", "trainer.threads=1", "trainer.channels_last=true",
         "trainer.progress=false", f"trainer.seed={seed}", f"trainer.out={run}", "trainer.resume=false"])
     t0 = time.time()
     res = train(cfg)
