@@ -155,8 +155,9 @@ def test_ctrl_c_in_train_says_what_was_kept_and_exits_130(tmp_path, monkeypatch)
 
 def _sigint_default() -> None:
     """In the child before exec: SIGINT as in a terminal's foreground command. A child inherits an ignored SIGINT
-    (Python then installs no KeyboardInterrupt handler), and the suite's process can hold it ignored after earlier
-    tests (seen in fresh-clone runs: the child trained on through 30 SIGINTs)."""
+    (Python then installs no KeyboardInterrupt handler), and the suite's process holds it ignored whenever the suite
+    is started as a background job of a non-interactive shell (``.ci/run &``: POSIX shells set SIGINT and SIGQUIT
+    to SIG_IGN for such jobs; seen in fresh-clone runs, where the child trained on through 30 SIGINTs)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
