@@ -82,6 +82,9 @@ def _resize(image: np.ndarray, mask: np.ndarray | None, scale: float) -> tuple[n
     return out["image"], out["mask"]
 
 
+EVAL_BATCH = 64  # patches a validation batch
+
+
 @DATASETS.register("patch_labels")
 class PatchLabelDataset(SegmentationDataset):
     """Patches of a segmentation dataset with presence labels from their masks (see module docstring).
@@ -166,6 +169,11 @@ class PatchLabelDataset(SegmentationDataset):
                     self._labels.append(presence_labels(tile, self.num_classes, self.min_fraction))
         mpp = self._images[0][2].get("mpp") if self._images else None
         self.mpp = mpp / self.scale if mpp else None
+        # patches of one size (every image at least a patch on each side) are scored in batches, not one by one:
+        # the metrics are per pixel, so the result is the same up to float rounding (GlaS held-out patches at
+        # 64 px: 1 pixel of 2.8 million labelled otherwise), and 2.5x faster than one by one on this CPU
+        full = all(min(im.shape[:2]) >= self.patch for im, _, _ in self._images)
+        self.eval_batch_size = EVAL_BATCH if full else 1
 
     def labels(self, i: int) -> np.ndarray:
         """The presence vector of patch ``i`` (no image read)."""

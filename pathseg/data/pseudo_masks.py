@@ -75,6 +75,7 @@ class PseudoMaskDataset(SegmentationDataset):
         self.class_names = list(self.base.class_names)
         self.ids = list(self.base.ids)
         self.sources = list(getattr(self.base, "sources", [""] * len(self.ids)))
+        self.eval_batch_size = getattr(self.base, "eval_batch_size", 1)  # other splits are the base's samples
         if split == "train":
             if not (self.masks / INDEX_FILE).is_file():
                 raise DataError(f"{self.masks}: no {INDEX_FILE}; {self.download_hint}")

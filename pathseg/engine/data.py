@@ -133,7 +133,8 @@ def build_train_loaders(cfg: Config, *, with_unlabeled: bool, rank: int = 0, wor
 
 def build_val_loader(cfg: Config, split: str | None = None, *, rank: int = 0, world_size: int = 1,
                      dataset: SegmentationDataset | None = None) -> tuple[DataLoader, SegmentationDataset]:
-    """Whole images one at a time; under data-parallel training each rank scores its own shard.
+    """Whole images one at a time, or ``dataset.eval_batch_size`` items a batch where a dataset of fixed-size items
+    sets it (patches, cells); under data-parallel training each rank scores its own shard.
 
     ``dataset``: the split's dataset when the caller has already built it.
     """
@@ -141,5 +142,5 @@ def build_val_loader(cfg: Config, split: str | None = None, *, rank: int = 0, wo
     if len(ds) == 0:
         raise DataError(f"{cfg.data.dataset}: split {split or cfg.data.val_split!r} is empty")
     view = TensorView(ds, None, cache=cfg.data.cache)
-    return DataLoader(view, batch_size=getattr(ds, "eval_batch_size", 1),  # fixed-size items (cells) may batch
+    return DataLoader(view, batch_size=getattr(ds, "eval_batch_size", 1),
                       sampler=ShardSampler(len(ds), rank, world_size), num_workers=0, collate_fn=collate), ds

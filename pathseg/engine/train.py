@@ -496,7 +496,8 @@ def evaluate(checkpoint: str | Path, cfg: Config, split: str | None = None, *,
              metrics: Callable[[np.ndarray, list[str]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Score a checkpoint on a dataset split (default ``data.val_split``): every metric from one confusion matrix.
 
-    Whole images one at a time, as validation scores them (:func:`~pathseg.engine.data.build_val_loader`).
+    Batched as validation scores them (:func:`~pathseg.engine.data.build_val_loader`): whole images one at a time,
+    fixed-size patches and cells in batches.
     ``metrics(cm, class_names)`` reads another set of metrics from the same confusion matrix (e.g.
     :func:`pathseg.metrics.segcls.segcls_metrics`); the default is
     :func:`~pathseg.metrics.confusion.metrics_from_confusion` (mIoU, Dice, accuracy, per class).

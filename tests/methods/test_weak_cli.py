@@ -69,6 +69,20 @@ def test_phase1_pseudo_masks_phase2_gate_evaluate(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= m["mIoU"] <= 1 and m["pixels"] == 4 * 32 * 32  # the held-out image's 4 patches
+    # patches are scored in one batch; one by one gives the same confusion matrix (per-pixel metrics, eval-mode BN)
+    from pathseg.data import patch_labels
+    from pathseg.engine.config import load_config
+    from pathseg.engine.train import evaluate
+
+    cfg = load_config(None, [*COMMON, f"trainer.out={tmp_path / 'eval'}"])
+    assert PatchLabelDataset(split="test", **cfg.data.options).eval_batch_size == patch_labels.EVAL_BATCH
+    batched = evaluate(tmp_path / "gated.ckpt", cfg, "test", metrics=lambda cm, names: cm)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patch_labels, "EVAL_BATCH", 1)
+        single = evaluate(tmp_path / "gated.ckpt", cfg, "test", metrics=lambda cm, names: cm)
+    batched, single = np.asarray(batched), np.asarray(single)
+    # equal up to float rounding of batched convolutions (a near-tie pixel may flip; a mix-up of patches would not)
+    assert single.sum() == batched.sum() == 4 * 32 * 32 and np.abs(batched - single).sum() / 2 <= 4
 
     res = runner.invoke(app, ["gate", "--segmenter", str(p1 / "model.ckpt"), "--classifier", str(p1 / "model.ckpt"),
                               "--out", str(tmp_path / "bad.ckpt")])
