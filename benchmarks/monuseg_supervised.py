@@ -190,7 +190,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fin = sorted((r["seed"], r["metrics"]["Dice"]) for r in rows if r["dataset"].endswith("final") and r["method"] == pick)
     if fin:
         axes[1].plot([s for s, _ in fin], [d for _, d in fin], "o-", ms=4)
-        axes[1].axhline(0.87, ls="--", color="k", lw=1, label="target 0.87")
+        axes[1].axhline(TARGET, ls="--", color="k", lw=1, label=f"target {TARGET}")
         axes[1].legend(fontsize=8)
     axes[1].set_xlabel("seed"), axes[1].set_ylabel("test Dice"), axes[1].set_title("final (14 test images)", fontsize=9)
     for ax in axes:
