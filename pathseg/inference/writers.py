@@ -208,25 +208,72 @@ def _simple_rings(ring: np.ndarray) -> list[np.ndarray]:
 
     A walk may pinch a hole into the shell at a vertex where they touch; GDAL writes the two as separate
     rings (an OGC-valid polygon whose hole touches its shell at one point), so they are cut apart here.
+
+    The walk keeps a stack of vertices; at a vertex already on the stack, the stretch above it (from it to the
+    top) is a ring of its own and leaves the stack. Only the vertices the ring passes more than once can close a
+    stretch, so the stack is kept as ranges of ``ring``'s indices and the walk visits those vertices only: memory
+    is a few bytes a vertex, not a Python object per vertex (a region across a whole slide has millions).
     """
+    n = len(ring)
+    if n == 0:
+        return []
+    _, inv, counts = np.unique(ring + 0.0, axis=0, return_inverse=True, return_counts=True)  # + 0.0: -0.0 is 0.0
+    inv = inv.reshape(-1)
+    events = np.flatnonzero(counts[inv] > 1)
+    if not len(events):
+        return [ring] if n >= 3 else []
+    segs: list[list[int]] = []  # the stack, as [start, end) ranges of ring indices, bottom first
+    size = 0  # vertices on the stack
+    where: dict[int, int] = {}  # repeated vertex (its id in inv) -> its position on the stack
+    order: list[tuple[int, int]] = []  # (position, vertex id) of ``where``, positions increasing
     out: list[np.ndarray] = []
-    stack: list[tuple[float, float]] = []
-    seen: dict[tuple[float, float], int] = {}
-    for x, y in ring.tolist():
-        v = (x, y)
-        if v in seen:
-            k = seen[v]
-            loop = stack[k:]
-            for u in loop[1:]:
-                del seen[u]
-            del stack[k + 1:]
-            if len(loop) >= 3:
-                out.append(np.asarray(loop, np.float64))
+
+    def push(s: int, e: int) -> None:
+        nonlocal size
+        if e > s:
+            if segs and segs[-1][1] == s:
+                segs[-1][1] = e
+            else:
+                segs.append([s, e])
+            size += e - s
+
+    def pop_from(k: int) -> np.ndarray:
+        """Ring indices of stack positions k.. (removed: the stack keeps positions < k)."""
+        nonlocal size
+        parts = []
+        while size > k:
+            s, e = segs[-1]
+            start = size - (e - s)
+            if start >= k:
+                parts.append(np.arange(s, e))
+                segs.pop()
+                size = start
+            else:
+                parts.append(np.arange(s + k - start, e))
+                segs[-1][1] = s + k - start
+                size = k
+        return np.concatenate(parts[::-1])
+
+    prev = 0
+    for i in events.tolist():
+        push(prev, i)
+        prev = i + 1
+        v = int(inv[i])
+        k = where.get(v)
+        if k is None:
+            where[v] = size
+            order.append((size, v))
+            push(i, i + 1)
             continue
-        seen[v] = len(stack)
-        stack.append(v)
-    if len(stack) >= 3:
-        out.append(np.asarray(stack, np.float64))
+        loop = pop_from(k)  # from the first pass of v to the top
+        push(int(loop[0]), int(loop[0]) + 1)  # v itself stays
+        while order and order[-1][0] > k:
+            del where[order.pop()[1]]
+        if len(loop) >= 3:
+            out.append(ring[loop])
+    push(prev, n)
+    if size >= 3:
+        out.append(ring[pop_from(0)])
     return out
 
 
@@ -308,7 +355,7 @@ def _join_pieces(pieces: list[list[np.ndarray]], lines: np.ndarray) -> list[list
     shell = min(range(len(rings)), key=lambda k: (rings[k][tops[k], 1], rings[k][tops[k], 0]))
     holes = sorted((_canonical_ring(r, False) for k, r in enumerate(rings) if k != shell),
                    key=lambda h: (h[0, 1], h[0, 0]))
-    return [r.tolist() for r in (_canonical_ring(rings[shell], True), *holes)]
+    return [_canonical_ring(rings[shell], True), *holes]
 
 
 @dataclass
@@ -329,7 +376,8 @@ def strip_polygons(strips: Iterable[np.ndarray], wanted: Sequence[int], *, scale
     Each strip is polygonised by GDAL on its own; a region that crosses strip borders is kept as pieces until
     its last strip, then its pieces are joined (:func:`_join_pieces`) and its rings written as GDAL traces them,
     so it is the polygon of the whole map, vertex for vertex. Regions come strip by strip, each strip's in the
-    order of their last row; memory is one strip and the regions still open (16 bytes a vertex).
+    order of their last row; memory is one strip and the regions still open (16 bytes a vertex), and while a
+    region is joined and written, about 160 bytes a vertex of it for that moment (no Python object per vertex).
 
     Args:
         strips: (h_i, W) integer arrays, the map's rows in order.
@@ -338,7 +386,8 @@ def strip_polygons(strips: Iterable[np.ndarray], wanted: Sequence[int], *, scale
         min_pixels: regions of fewer pixels may be left out (a speed-up; callers filter by area anyway).
 
     Shape:
-        rings: GeoJSON polygon coordinates, [[(x, y), ...] shell, holes...], closed.
+        rings: the polygon's closed rings, shell first then holes, each an (n, 2) array or a sequence of
+            (x, y) (GeoJSON coordinate order).
     """
     from affine import Affine
     from rasterio import features as rio_features
@@ -412,7 +461,7 @@ def strip_polygons(strips: Iterable[np.ndarray], wanted: Sequence[int], *, scale
         for root in [r for r in regions if r not in still_open]:
             reg = regions.pop(root)
             if len(reg.pieces) == 1:  # touches a border but crosses none: GDAL's own polygon
-                rings = [r.tolist() for r in reg.pieces[0]]
+                rings = reg.pieces[0]
             else:
                 rings = _join_pieces(reg.pieces, np.asarray(lines))
             done.append((reg.bottom, reg.cls, rings, reg.pixels))
@@ -425,6 +474,31 @@ def strip_polygons(strips: Iterable[np.ndarray], wanted: Sequence[int], *, scale
         y0 += strip.shape[0]
         lines.append(y0 * s)
         cur = nxt
+
+
+#: Vertices of a ring turned into JSON text at a time (:func:`_rings_text`).
+TEXT_CHUNK = 1 << 12
+
+
+def _rings_text(rings: Sequence[Any], scale: float | None = None, ndigits: int = 3) -> str:
+    """``json.dumps(coordinates, separators=(",", ":"))`` of a polygon's closed rings, each an (n, 2) array or
+    a sequence of (x, y); with ``scale``, the coordinates times ``scale`` rounded to ``ndigits`` (as
+    :func:`_rounded`). A ring is converted ``TEXT_CHUNK`` vertices at a time, so no Python list of the whole
+    ring is ever built (a region across a slide has millions of vertices)."""
+    sep = (",", ":")
+    out = []
+    for r in rings:
+        a = np.asarray(r, np.float64)
+        pieces = []
+        for i in range(0, len(a), TEXT_CHUNK):
+            c = a[i:i + TEXT_CHUNK]
+            if scale is not None:
+                c = [[round(x, ndigits), round(y, ndigits)] for x, y in (c * scale).tolist()]
+            else:
+                c = c.tolist()
+            pieces.append(json.dumps(c, separators=sep)[1:-1])
+        out.append("[" + ",".join(pieces) + "]")
+    return "[" + ",".join(out) + "]"
 
 
 def write_label_geojson(path: str | os.PathLike, strips: Iterable[np.ndarray], class_names: Sequence[str],
@@ -467,15 +541,15 @@ def write_label_geojson(path: str | os.PathLike, strips: Iterable[np.ndarray], c
     parts: dict[int, Any] = {}  # class -> temporary file of its polygons' coordinates, one a line
     try:
         for k, rings, pixels in strip_polygons(strips, wanted, scale=s if exact else 1.0, min_pixels=min_pixels):
-            if not exact:
-                rings = [(np.asarray(r, np.float64) * s).tolist() for r in rings]
             if simplify == 0:
                 if pixels * s * s < min_area * (1 + 1e-9):  # near the threshold: the area as label_polygons has it
-                    if not Polygon(rings[0], rings[1:]).area >= min_area:
+                    scaled = rings if exact else [np.asarray(r, np.float64) * s for r in rings]
+                    if not Polygon(scaled[0], scaled[1:]).area >= min_area:
                         continue
-                texts = [json.dumps(rings if exact else _rounded({"type": "Polygon", "coordinates": rings})
-                                    ["coordinates"], separators=sep)]
+                texts = [_rings_text(rings) if exact else _rings_text(rings, scale=s)]
             else:
+                if not exact:
+                    rings = [np.asarray(r, np.float64) * s for r in rings]
                 geom = make_valid_simplified(Polygon(rings[0], rings[1:]), simplify * s)
                 polys = [p for p in _polygons_of(geom) if p.area > 0 and p.area >= min_area]
                 texts = [json.dumps(_rounded(mapping(p))["coordinates"], separators=sep) for p in polys]

@@ -185,3 +185,70 @@ def test_slide_geojson_in_strips_is_the_whole_map_geojson(tmp_path, monkeypatch)
     assert len(want) > 5
     assert by_polygon(have["features"]) == by_polygon(want)
     assert sorted(f["id"] for f in have["features"]) == sorted(f["id"] for f in want)
+
+
+def _simple_rings_by_vertex(ring: np.ndarray) -> list[np.ndarray]:
+    """The cut written out one vertex at a time (a stack of vertices; at a vertex already on it, the stretch
+    from there to the top is a ring of its own): the reference for the range-based walk of the writer."""
+    out, stack, seen = [], [], {}
+    for v in map(tuple, ring.tolist()):
+        if v in seen:
+            k = seen[v]
+            for u in stack[k + 1:]:
+                del seen[u]
+            loop = stack[k:]
+            del stack[k + 1:]
+            if len(loop) >= 3:
+                out.append(np.asarray(loop, np.float64))
+            continue
+        seen[v] = len(stack)
+        stack.append(v)
+    if len(stack) >= 3:
+        out.append(np.asarray(stack, np.float64))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ring_cut_at_repeated_vertices_is_the_vertex_by_vertex_cut(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    grid = int(rng.integers(2, 30))  # few distinct vertices: many repeats, nested and overlapping
+    ring = rng.integers(0, grid, (n, 2)).astype(np.float64)
+    want = _simple_rings_by_vertex(ring)
+    got = writers._simple_rings(ring)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert sum(map(len, got)) <= n
+
+
+def _comb_strips(rows: int, h: int = 256, w: int = 64):
+    """One region down the whole map (a spine on the left with a ragged right edge, two vertices a row), in
+    strips made one at a time."""
+    for i in range(0, rows, h):
+        lab = np.zeros((h, w), np.uint8)
+        for r, x in enumerate(np.random.default_rng(i).integers(1, w - 2, h)):
+            lab[r, :x] = 1
+        yield lab
+
+
+def test_geojson_memory_per_vertex_of_a_region_across_the_map(tmp_path):
+    """A region that stays open from the first strip to the last (a tissue region down a slide) is joined and
+    written at the end: its cost is a few arrays of its vertices, not a Python object per vertex (which took
+    about 310 bytes a vertex before the ring cut and the text were written from arrays)."""
+    names, colors = ["background", "a"], [[0, 0, 0], [200, 0, 0]]
+    write_label_geojson(tmp_path / "warm.geojson", _comb_strips(512), names, colors)
+    peaks, vertices = {}, {}
+    for rows in (10240, 40960):
+        path = tmp_path / f"comb{rows}.geojson"
+        tracemalloc.start()
+        try:
+            write_label_geojson(path, _comb_strips(rows), names, colors)
+            peaks[rows] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        (feat,) = features(path)
+        vertices[rows] = len(feat["geometry"]["coordinates"][0])
+    assert vertices[40960] > 3.5 * vertices[10240] > 3.5 * 15000  # two vertices a row, one region
+    per_vertex = (peaks[40960] - peaks[10240]) / (vertices[40960] - vertices[10240])
+    assert per_vertex < 200, per_vertex
