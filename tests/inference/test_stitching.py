@@ -174,3 +174,14 @@ def test_coarser_output_probability_maps_and_level0_polygons(synth, tmp_path):
     np.testing.assert_array_equal((labels == 1)[clear], (p_t > p_bg)[clear])
     with open_slide(rec["outputs"]["prob-tissue"]) as s:
         assert s.mpp == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6])
+def test_first_argmax_is_numpys_argmax_with_ties(k):
+    from pathseg.inference.stitch import first_argmax
+
+    rng = np.random.default_rng(k)
+    p = np.round(rng.random((k, 37, 53)).astype(np.float32) * 3) / 3  # few distinct values: many ties
+    got = first_argmax(p)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, p.argmax(0))
