@@ -798,8 +798,12 @@ def write_markdown(path: Path, result: dict) -> None:
         f"Quiet machine: {result.get('waited_for_quiet', 'not checked')}.", "",
         f"Model: U-Net/ResNet-18, random weights (seed 0), 3 classes, {result['preparation'].get('gflops_per_tile')} "
         f"GFLOP per 512 px tile; 512 px tiles at 0.5 µm/px, overlap 0, batch {BATCH}, as many threads as cores. "
-        "Slides: `pathseg synth --slide --seed 1` (4k, 8k); 32k = the 4k slide repeated. All rows come from one "
-        "interleaved run (per slide: A B C D E, then E D C B A); seconds are the mean of the two passes.", "",
+        "Slides: `pathseg synth --slide --seed 1` (4k, 8k); 32k = the 4k slide repeated. "
+        + ("Memory rows only (`--plan memory`: the cheap model, one slide after another, one pass each); their "
+           "peak RSS is the measurement, their seconds are not compared with anything."
+           if rows and all(r["method"] == "pathseg-memory" for r in rows) else
+           "All rows come from one interleaved run (per slide: A B C D E, then E D C B A); seconds are the mean "
+           "of the two passes."), "",
         "| method | slide | precision | seconds (passes) | tiles | tiles/s | peak RSS MB | fraction of matmul limit "
         "| first tile s | vs TIAToolbox | vs MONAI |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
