@@ -111,6 +111,7 @@ class Stitcher:
         self.tiles, self.K, self.tile = tiles, int(num_classes), int(tile)
         self.W, self.H = size
         self.weight = BLENDS.get(blend)(self.tile)
+        self.unit_weight = bool((self.weight == 1).all())
         self.blend = blend
         self.C = int(chunk or 256)
         self.key = key
@@ -231,6 +232,11 @@ class Stitcher:
             w = self.weight[ky0:ky1, kx0:kx1]
             p = np.asarray(probs, np.float32)[:, ky0:ky1, kx0:kx1]
             x0, y0, x1, y1 = t.out_box
+            c = self._sole_chunk(index)
+            if c is not None:  # the tile alone fills a chunk with weight 1: its probabilities are the mean
+                self._write_final(c, p, None)
+                del self.pending[c]
+                return
             if self.in_memory:
                 self._add_in_memory(index, p * w, w, (x0, y0))
             else:
@@ -245,6 +251,19 @@ class Stitcher:
             if self.pending[c] == 0:
                 self._finalise(c)
                 del self.pending[c]
+
+    def _sole_chunk(self, index: int) -> tuple[int, int] | None:
+        """The chunk tile ``index`` covers exactly, when no other tile adds to it and the blend weight is 1
+        (no overlap, chunk = tile, mean blending: the usual whole-slide run). Accumulating it would compute
+        (0 + p * 1) / 1 = p, so the tile's probabilities are written as they are."""
+        if not (self.in_memory and self.unit_weight) or len(self.tile_chunks[index]) != 1:
+            return None
+        c = self.tile_chunks[index][0]
+        if self.pending.get(c) != 1 or c in self._open:
+            return None
+        ys, xs = self._chunk_slice(c)
+        x0, y0, x1, y1 = self.tiles[index].out_box
+        return c if (y0, y1, x0, x1) == (ys.start, ys.stop, xs.start, xs.stop) else None
 
     def _add_in_memory(self, index: int, pw: np.ndarray, w: np.ndarray, origin: tuple[int, int]) -> None:
         """Add a tile's weighted probabilities ``pw`` (K, h, w) and weights to the open chunks they cover."""
@@ -277,18 +296,25 @@ class Stitcher:
         valid = wsum > 0
         every = bool(valid.all())  # no overlap, every pixel in tissue: the common case, no masking needed
         p = a[: self.K] / (wsum if every else np.where(valid, wsum, 1.0))
+        self._write_final(c, p, None if every else valid)
+        if not self.in_memory:
+            self.acc[:, ys, xs] = 0.0
+
+    def _write_final(self, c: tuple[int, int], p: np.ndarray, valid: np.ndarray | None) -> None:
+        """Labels, class counts and (if kept) probabilities of chunk ``c`` from its mean probabilities ``p``;
+        ``valid`` marks the pixels some tile covered (None: all of them)."""
+        ys, xs = self._chunk_slice(c)
         lab = first_argmax(p)
-        if not every:
+        if valid is not None:
             lab[~valid] = 0
         self.labels[ys, xs] = lab
-        self._counts[c[0], c[1]] = np.bincount((lab if every else lab[valid]).ravel(), minlength=self.K)[: self.K]
+        self._counts[c[0], c[1]] = np.bincount((lab if valid is None else lab[valid]).ravel(),
+                                               minlength=self.K)[: self.K]
         if self.probs is not None:
             if self.probs.dtype == np.uint8:
                 self.probs[:, ys, xs] = np.round(p * 255).astype(np.uint8)
             else:
                 self.probs[:, ys, xs] = p
-        if not self.in_memory:
-            self.acc[:, ys, xs] = 0.0
 
     @property
     def finished(self) -> bool:

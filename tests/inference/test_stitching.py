@@ -185,3 +185,49 @@ def test_first_argmax_is_numpys_argmax_with_ties(k):
     got = first_argmax(p)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, p.argmax(0))
+
+
+@pytest.mark.parametrize("chunk", [128, 64])  # chunk = tile: a tile alone in its chunk is written as it is
+def test_overlap_zero_stitching_is_the_tiles_themselves(tmp_path, chunk, monkeypatch):
+    """At overlap 0 with mean blending a pixel that one tile covers is that tile's probability, bit for bit,
+    whether its chunk is written straight from the tile or accumulated; where the grid's last tile is pulled
+    inside the slide (700 = 5 x 128 + 60) two tiles meet and are averaged."""
+    W, H, K, T = 700, 500, 3, 128
+    tiles = grid_tiles(None, TilingConfig(tile=T, overlap=0.0, mpp=1.0, min_tissue=0), slide_mpp=1.0,
+                       dimensions=(W, H))
+
+    def probs(i):
+        p = np.random.default_rng(i).random((K, T, T)).astype(np.float32)
+        return p / p.sum(0)
+
+    acc, wsum = np.zeros((K, H, W)), np.zeros((H, W))
+    for t in tiles:
+        kx0, ky0, kx1, ky1 = t.keep
+        x0, y0, x1, y1 = t.out_box
+        acc[:, y0:y1, x0:x1] += probs(t.index)[:, ky0:ky1, kx0:kx1]
+        wsum[y0:y1, x0:x1] += 1
+    want = acc / wsum
+    alone = []  # tiles that are exactly one chunk and the only tile on it
+    for t in tiles:
+        x0, y0, x1, y1 = t.out_box
+        if x0 % chunk == 0 and y0 % chunk == 0 and x1 - x0 == min(chunk, W - x0) == chunk and \
+                y1 - y0 == min(chunk, H - y0) == chunk and (wsum[y0:y1, x0:x1] == 1).all():
+            alone.append(t.index)
+    # hand count: columns x0 = 0, 128, 256, 384 stand alone (512 meets the pulled-in 572), rows y0 = 0, 128
+    # (256 meets 372): 4 x 2 tiles when chunk = tile, none when a tile spans several chunks
+    assert len(alone) == (8 if chunk == T else 0)
+
+    st = Stitcher(tmp_path / "s.zarr", tiles, (W, H), K, tile=T, chunk=chunk, probabilities=True,
+                  prob_dtype="float32", key="k")
+    added = []
+    monkeypatch.setattr(st, "_add_in_memory", lambda *a: (added.append(a[0]), Stitcher._add_in_memory(st, *a)))
+    for i in st.plan(0):
+        st.add(i, probs(i))
+    assert st.finished
+    assert sorted(set(range(len(tiles))) - set(added)) == (alone if chunk == T else [])
+    got = st.probs[:]
+    one = wsum == 1
+    np.testing.assert_array_equal(got[:, one], want[:, one].astype(np.float32))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(st.labels[:], want.argmax(0))
+    np.testing.assert_array_equal(st.class_counts(), np.bincount(want.argmax(0).ravel(), minlength=K))
