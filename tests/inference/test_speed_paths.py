@@ -106,6 +106,51 @@ def test_dataloader_reader_processes_give_the_same_labels(slide, tmp_path):
     np.testing.assert_array_equal(labels, want_l)
 
 
+def test_batch_spans_start_with_one_tile_then_full_batches():
+    from pathseg.inference.predictor import batch_spans
+
+    assert batch_spans(20, 8) == [(0, 1), (1, 9), (9, 17), (17, 20)]
+    assert batch_spans(1, 8) == [(0, 1)]
+    assert batch_spans(0, 8) == []
+    assert batch_spans(10, 4, first=4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_spans(10, 4, first=0) == [(0, 4), (4, 8), (8, 10)]
+    for n, b in [(0, 1), (7, 1), (33, 8), (64, 8)]:
+        spans = batch_spans(n, b)
+        assert [i for a, z in spans for i in range(a, z)] == list(range(n))  # every tile once, in order
+        assert all(0 < z - a <= b for a, z in spans)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_first_model_call_is_one_tile_and_the_maps_are_unchanged(slide, tmp_path, monkeypatch, workers):
+    """The reader thread and the DataLoader both hand the model 1 tile, then full batches; the stitched
+    probabilities equal the plain loop's, and those of a run whose first call is a full batch."""
+    from pathseg.inference import predictor
+
+    sizes: list[int] = []
+    run = TorchBackend.run
+
+    def counted(self, prepared):
+        sizes.append(len(prepared[0]))  # prepared = (tiles, context)
+        return run(self, prepared)
+
+    monkeypatch.setattr(TorchBackend, "run", counted)
+    backend = colour_backend()
+    cfg = PredictConfig(tile=256, overlap=0.0, min_tissue=0.0, keep_zarr=True, prob_dtype="float32", batch_size=4,
+                        workers=workers)
+    rec, probs, labels = run_pipeline(backend, slide, tmp_path / "one", cfg)
+    n = rec["tiles"]["run"]
+    assert sizes == [z - a for a, z in predictor.batch_spans(n, 4)] and sizes[0] == 1 and n > 5
+    want_p, want_l = plain_loop(backend, slide, cfg)
+    np.testing.assert_allclose(probs, want_p, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(labels, want_l)
+    sizes.clear()
+    monkeypatch.setattr(predictor, "FIRST_BATCH", 4)
+    _, probs4, labels4 = run_pipeline(backend, slide, tmp_path / "four", cfg)
+    assert sizes[0] == 4
+    np.testing.assert_allclose(probs4, probs, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(labels4, labels)
+
+
 def test_an_interrupted_pipelined_run_resumes_to_the_same_result(slide, tmp_path):
     backend = colour_backend()
     cfg = PredictConfig(tile=256, overlap=0.5, min_tissue=0.0, keep_zarr=True, prob_dtype="float32", batch_size=2,
