@@ -57,7 +57,12 @@ sys.path.insert(0, str(ROOT))
 TILE = 512
 BATCH = 8
 SEED = 1
-METHODS = ("pathseg-onnx", "pathseg-torch", "pathseg-int8", "tiatoolbox", "monai")
+METHODS = ("pathseg-onnx", "pathseg-openvino", "pathseg-torch", "pathseg-int8", "pathseg-openvino-int8", "tiatoolbox",
+           "monai")
+FP32_METHODS = ("pathseg-onnx", "pathseg-openvino")  # pathseg fp32 on an exported graph: the targets' rows
+INT8_METHODS = ("pathseg-int8", "pathseg-openvino-int8")
+#: the backend of each pathseg method (``pathseg predict --backend``)
+BACKEND_OF = {"pathseg-torch": "torch", "pathseg-openvino": "openvino", "pathseg-openvino-int8": "openvino"}
 ANCHORS = ("tiatoolbox", "monai")
 
 
@@ -261,10 +266,11 @@ def run_process(cmd: list[str], *, env: dict | None = None, cwd: Path = ROOT, ti
 def pathseg_run(method: str, slide: Path, workdir: Path, *, before_root: Path | None = None) -> dict:
     out = workdir / f"out-{method}-{slide.stem}"
     shutil.rmtree(out, ignore_errors=True)
+    int8 = workdir / "unet-resnet18.int8.onnx"
     ckpt = {"pathseg-onnx": unet_checkpoint(workdir), "pathseg-before": unet_checkpoint(workdir),
-            "pathseg-torch": unet_checkpoint(workdir), "pathseg-int8": workdir / "unet-resnet18.int8.onnx",
-            "pathseg-memory": workdir / "cheap.onnx"}[method]
-    backend = "torch" if method == "pathseg-torch" else "onnx"
+            "pathseg-torch": unet_checkpoint(workdir), "pathseg-openvino": unet_checkpoint(workdir),
+            "pathseg-int8": int8, "pathseg-openvino-int8": int8, "pathseg-memory": workdir / "cheap.onnx"}[method]
+    backend = BACKEND_OF.get(method, "onnx")
     env = dict(os.environ, PATHSEG_CACHE=str(workdir / "cache"))
     if before_root is not None:
         env["PYTHONPATH"] = str(before_root)
@@ -276,11 +282,37 @@ def pathseg_run(method: str, slide: Path, workdir: Path, *, before_root: Path | 
         raise RuntimeError(f"{method} failed ({res['returncode']}): {res['stderr'][-3000:]}")
     rec = json.loads(rec_path.read_text())
     tim = rec.get("timings", {})
+    agreement = label_agreement(method, out / slide.stem, slide.stem, workdir)
     shutil.rmtree(out, ignore_errors=True)
     return {**res, "tiles": rec["tiles"]["run"], "timings_s": {k: round(v, 3) for k, v in tim.items()},
+            "agreement_with_onnx_fp32": agreement,
             "precision": rec.get("precision", "fp32"), "backend": rec.get("backend"),
             "first_tile_s": tim.get("first_tile_s"), "model_tiles_per_s": rec["tiles"]["run"] / tim["model_s"]
             if tim.get("model_s") else None}
+
+
+def label_agreement(method: str, folder: Path, stem: str, workdir: Path) -> dict | None:
+    """After the run (outside its timing): the labels of ``pathseg-onnx`` (fp32, ONNX Runtime) are kept as the
+    slide's reference; another method's labels are compared with them, over all pixels and over the pixels of
+    the run's tissue mask (``<stem>.tissue.png``, scaled up to the label map by nearest neighbour)."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    labels_path, ref_path = folder / f"{stem}.labels.tif", workdir / f"reference-labels-{stem}.npy"
+    if method == "pathseg-onnx":
+        np.save(ref_path, tifffile.imread(labels_path))
+        return None
+    if method in ("pathseg-memory", "pathseg-before") or not ref_path.exists():
+        return None
+    got, ref = tifffile.imread(labels_path), np.load(ref_path)
+    tissue = np.asarray(Image.open(folder / f"{stem}.tissue.png")) > 0
+    rows = np.arange(ref.shape[0]) * tissue.shape[0] // ref.shape[0]
+    cols = np.arange(ref.shape[1]) * tissue.shape[1] // ref.shape[1]
+    same = got == ref
+    mask = tissue[rows[:, None], cols[None, :]]
+    return {"all_pixels": round(float(same.mean()), 5), "tissue_pixels": round(float(same[mask].mean()), 5),
+            "tissue_fraction": round(float(mask.mean()), 4)}
 
 
 def anchor_run(method: str, slide: Path, workdir: Path, python: str) -> dict:
@@ -705,6 +737,7 @@ def parent(args: argparse.Namespace) -> None:
             "matmul_gflops": round(limit, 1),
             "flops_fraction": None if arith is None else round(arith / res["seconds"], 3),
             "first_tile_s": None if res.get("first_tile_s") is None else round(res["first_tile_s"], 2),
+            "agreement_with_onnx_fp32": res.get("agreement_with_onnx_fp32"),
             "timings_s": res.get("timings_s", {}),
             "load_avg_start": round(load0, 2), "load_avg_end": round(os.getloadavg()[0], 2),
         }
@@ -808,8 +841,8 @@ def write_markdown(path: Path, result: dict) -> None:
         "| first tile s | vs TIAToolbox | vs MONAI |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {m: i for i, m in enumerate(("pathseg-onnx", "pathseg-int8", "pathseg-torch", "tiatoolbox", "monai",
-                                         "pathseg-before", "pathseg-memory"))}
+    order = {m: i for i, m in enumerate(("pathseg-openvino", "pathseg-onnx", "pathseg-openvino-int8", "pathseg-int8",
+                                         "pathseg-torch", "tiatoolbox", "monai", "pathseg-before", "pathseg-memory"))}
     for d in sorted(s, key=lambda d: int(d.split("-")[1][:-1])):
         for m in sorted(s[d], key=lambda m: order.get(m, 9)):
             e = s[d][m]
@@ -858,8 +891,65 @@ def write_markdown(path: Path, result: dict) -> None:
             lines.append(f"| {r['model']} | {r['calibration']['agreement']:.2%} | {t['Dice_fp32']:.4f} | "
                          f"{t['Dice_int8']:.4f} | {t['Dice_change']:+.4f} | {t['agreement_all_pixels']:.2%} | {sl} | "
                          f"{r['model_tiles_per_s']['fp32']:.2f} / {r['model_tiles_per_s']['int8']:.2f} |")
+    agree = [r for r in rows if r.get("agreement_with_onnx_fp32")]
+    if agree:
+        lines += ["", "Label agreement with pathseg-onnx (fp32, ONNX Runtime) on the same slide, computed after each "
+                      "run from its label map (tissue: the run's own tissue mask):", "",
+                  "| method | slide | pass | precision | all pixels | tissue pixels | tissue share |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(agree, key=lambda r: (r["dataset"], order.get(r["method"], 9), r["pass"])):
+            a = r["agreement_with_onnx_fp32"]
+            lines.append(f"| {r['method']} | {r['dataset']} | {r['pass']} | {r['precision']} | {a['all_pixels']:.3%} | "
+                         f"{a['tissue_pixels']:.3%} | {a['tissue_fraction']:.1%} |")
+    tt = targets(result)
+    if tt:
+        lines += ["", "Targets of issue 18 on the 8k slide (fp32, overlap 0), computed from the rows above:", "",
+                  "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {name} | {measured} | {'met' if ok else 'not met'} |" for name, measured, ok in tt]
     lines += ["", *result.get("notes", [])]
     path.write_text("\n".join(lines) + "\n")
+
+
+def targets(result: dict) -> list[tuple[str, str, bool]]:
+    """(target, what was measured, met) for each of issue 18's targets that the rows can answer, for each pathseg
+    fp32 method (ONNX Runtime, OpenVINO) and each INT8 one."""
+    s = summary(result["rows"])
+    e8 = s.get("synthetic-8k", {})
+    out: list[tuple[str, str, bool]] = []
+    for m in FP32_METHODS:
+        p = e8.get(m)
+        if p is None:
+            continue
+        for anchor, need in (("tiatoolbox", 1.6), ("monai", 2.0)):
+            if anchor in e8:
+                r = e8[anchor]["seconds"] / p["seconds"]
+                out.append((f"{m}: wall <= 1/{need:g} of {anchor}",
+                            f"{p['seconds']:.1f} s vs {e8[anchor]['seconds']:.1f} s: {r:.2f}x", r >= need))
+        out.append((f"{m}: end to end >= 60% of the matmul limit", f"{p['flops_fraction']:.2f}",
+                    p["flops_fraction"] >= 0.6))
+        out.append((f"{m}: first tile within 4 s of the command's start", f"{p['first_tile_s']:.1f} s (slowest pass)",
+                    p["first_tile_s"] <= 4.0))
+        out.append((f"{m}: peak RSS <= 2 GB", f"{p['peak_rss_mb']:.0f} MB", p["peak_rss_mb"] <= 2048))
+    if "pathseg-torch" in e8:
+        t = e8["pathseg-torch"]
+        out.append(("pathseg-torch: peak RSS <= 2 GB", f"{t['peak_rss_mb']:.0f} MB", t["peak_rss_mb"] <= 2048))
+    mem = {d: ms["pathseg-memory"]["peak_rss_mb"] for d, ms in s.items() if "pathseg-memory" in ms}
+    if "synthetic-4k" in mem and "synthetic-32k" in mem:
+        g = mem["synthetic-32k"] / mem["synthetic-4k"] - 1
+        out.append(("peak RSS within +10% from 4k to 32k (memory rows)",
+                    f"{mem['synthetic-4k']:.0f} -> {mem['synthetic-32k']:.0f} MB: {g:+.1%}", g <= 0.10))
+    for m in INT8_METHODS:
+        q = e8.get(m)
+        if q is None or "tiatoolbox" not in e8:
+            continue
+        r = e8["tiatoolbox"]["seconds"] / q["seconds"]
+        out.append((f"{m}: wall <= 1/2.5 of tiatoolbox", f"{q['seconds']:.1f} s vs {e8['tiatoolbox']['seconds']:.1f} s: "
+                    f"{r:.2f}x", r >= 2.5))
+        agr = [r["agreement_with_onnx_fp32"]["tissue_pixels"] for r in result["rows"]
+               if r["method"] == m and r["dataset"] == "synthetic-8k" and r.get("agreement_with_onnx_fp32")]
+        if agr:
+            out.append((f"{m}: >= 99% label agreement with fp32 (8k slide, tissue pixels)", f"{min(agr):.2%}",
+                        min(agr) >= 0.99))
+    return out
 
 
 def main() -> None:
@@ -883,8 +973,16 @@ def main() -> None:
     ap.add_argument("--anchor-child", help=argparse.SUPPRESS)
     ap.add_argument("--session-child", type=int, dest="variant", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--slide", help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true", help="rewrite the markdown from --out's JSON, run nothing")
     args = ap.parse_args()
-    if args.matmul:
+    if args.render:
+        out = Path(args.out)
+        result = json.loads(out.read_text())
+        write_markdown(out.with_suffix(".md"), result)
+        from pathseg.io.files import write_json
+
+        write_json(out, result)
+    elif args.matmul:
         print(matmul_gflops())
     elif args.anchor_child:
         anchor_child(args)

@@ -121,7 +121,7 @@ def predict(
                                                        "stitching protocol]"),
     workers: Optional[int] = typer.Option(None, help="slides: DataLoader workers reading tiles [default: 0]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="slides: tiles per batch [default: 8]"),
-    backend: Optional[str] = typer.Option(None, help="slides: torch | onnx | auto [default: auto]"),
+    backend: Optional[str] = typer.Option(None, help="slides: torch | onnx | openvino | auto [default: auto]"),
     probabilities: Optional[bool] = typer.Option(None, "--probabilities",
                                                  help="slides: also write per-class probability maps"),
     blend: Optional[str] = typer.Option(None, help="slides: mean | gaussian blending of overlapping tiles"),

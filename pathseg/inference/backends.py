@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from pathseg.errors import ConfigError
+from pathseg.errors import ConfigError, DataError
 from pathseg.inference.onnx import (  # noqa: F401  (context helpers and cpu_threads: their old home was here)
     InputNormaliser,
     NeedsContextError,
@@ -63,6 +63,9 @@ BACKENDS: Registry = Registry("inference backend")
 #: The default for backend="auto": ONNX Runtime, measured faster than PyTorch on CPU here
 #: (benchmarks/results/wsi_inference.md); on CUDA machines "auto" means torch.
 DEFAULT_CPU_BACKEND = "onnx"
+
+#: The backends that run an exported ONNX graph (fp32 or INT8): ONNX Runtime and OpenVINO.
+GRAPH_BACKENDS = ("onnx", "openvino")
 
 #: What ``precision=`` takes (see the module docstring).
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -154,7 +157,7 @@ class TorchBackend(Backend):
         if precision == "auto":
             precision = "fp16" if cuda else "fp32"
         if precision == "int8":
-            raise ConfigError("int8 runs in ONNX Runtime: use --backend onnx (or auto) with --precision int8")
+            raise ConfigError("int8 runs in ONNX Runtime: use --backend onnx, openvino (or auto) with --precision int8")
         if precision in ("fp16", "bf16") and not cuda:
             raise ConfigError(f"{precision} autocast is for CUDA devices; on CPU use --precision fp32, or int8 "
                               "(ONNX Runtime)")
@@ -223,8 +226,48 @@ class OnnxBackend(Backend):
         return self.session.run(None, {self.input_name: prepared})[0]
 
 
+class OpenVinoBackend(OnnxBackend):
+    """The same exported ONNX graph, fp32 or INT8 (QDQ), compiled by OpenVINO for the CPU.
+
+    An fp32 graph is compiled with ``INFERENCE_PRECISION_HINT=f32``: on a CPU with AMX or AVX-512 BF16,
+    OpenVINO's own default would compute in bf16, which is not the fp32 the run record names. An INT8 graph
+    keeps its quantize/dequantize pairs, which OpenVINO runs as int8 kernels (VNNI, and AMX where the CPU
+    has it). Input normalisation and stain normalisation are the ONNX backend's; the graph ends in softmax.
+    """
+
+    name = "openvino"
+
+    def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None, stain_norm: bool = True,
+                 source: Any = None, settings: SessionSettings | None = None) -> None:
+        from pathseg.inference.onnx import read_onnx_info
+
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ConfigError("--backend openvino needs the openvino package: pip install openvino") from e
+        self.path = Path(onnx_path)
+        self.settings = settings or SessionSettings(threads=threads)
+        self.info = read_onnx_info(self.path)
+        self.precision = str(self.info.get("precision", "fp32"))
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": str(self.settings.threads or cpu_threads())}
+        try:
+            self.session = ov.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as e:
+            raise DataError(f"{self.path}: OpenVINO cannot compile this model ({e}); re-export it with "
+                            "`pathseg export-onnx`, or use --backend onnx") from e
+        self._request = self.session.create_infer_request()
+        self._load_stain(source or self.path, stain_norm)
+        self._normalise = InputNormaliser(self.info.get("mean", (0, 0, 0)), self.info.get("std", (1, 1, 1)))
+
+    def run(self, prepared: np.ndarray) -> np.ndarray:
+        self._request.infer({0: prepared})
+        return self._request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
+
 BACKENDS.register("torch", TorchBackend)
 BACKENDS.register("onnx", OnnxBackend)
+BACKENDS.register("openvino", OpenVinoBackend)
 
 
 def resolve_backend_name(backend: str, precision: str = "auto") -> str:
@@ -272,23 +315,26 @@ def _load_backend(checkpoint: Path, *, backend: str, cache_dir: str | os.PathLik
         name = DEFAULT_CPU_BACKEND
     else:
         name = resolve_backend_name(backend, precision)
-    if precision == "int8" and name != "onnx":
-        raise ConfigError(f"--precision int8 runs in ONNX Runtime; use --backend onnx or auto, not {backend!r}")
+    if precision == "int8" and name not in GRAPH_BACKENDS:
+        raise ConfigError(f"--precision int8 runs an ONNX graph; use --backend onnx, openvino or auto, not "
+                          f"{backend!r}")
     if precision in ("fp16", "bf16") and name != "torch":
         raise ConfigError(f"--precision {precision} is torch autocast on CUDA; use --backend torch or auto")
     settings = settings or SessionSettings(threads=threads)
+    graph = BACKENDS.get(name) if name in GRAPH_BACKENDS else OnnxBackend  # what runs an exported graph
     if checkpoint.suffix == ".onnx":
-        if name != "onnx" and backend != "auto":
-            raise ConfigError(f"{checkpoint}: an .onnx model runs only with backend 'onnx', not {backend!r}")
-        be = OnnxBackend(checkpoint, stain_norm=stain_norm, settings=settings)
+        if name not in GRAPH_BACKENDS and backend != "auto":
+            raise ConfigError(f"{checkpoint}: an .onnx model runs with backend 'onnx' or 'openvino', not "
+                              f"{backend!r}")
+        be = graph(checkpoint, stain_norm=stain_norm, settings=settings)
         if precision == "int8" and be.precision != "int8":
             return _int8(checkpoint, be.info, calibration, tile, cache_dir, mpp_override, stain_norm, settings,
-                         source=checkpoint, log=log)
+                         source=checkpoint, log=log, graph=graph)
         if precision == "fp32" and be.precision != "fp32":
             raise ConfigError(f"{checkpoint} is a {be.precision} model; pass its fp32 export (or the checkpoint) "
                               "for --precision fp32")
         return be
-    if name == "onnx":
+    if name in GRAPH_BACKENDS:
         try:  # a cached export is used without loading the checkpoint
             fp32 = cached_export(checkpoint, cache_dir=cache_dir, tile=tile)
         except NeedsContextError:
@@ -300,8 +346,8 @@ def _load_backend(checkpoint: Path, *, backend: str, cache_dir: str | os.PathLik
                 from pathseg.inference.onnx import read_onnx_info
 
                 return _int8(fp32, read_onnx_info(fp32), calibration, tile, cache_dir, mpp_override, stain_norm,
-                             settings, source=checkpoint, log=log)
-            return OnnxBackend(fp32, stain_norm=stain_norm, source=checkpoint, settings=settings)
+                             settings, source=checkpoint, log=log, graph=graph)
+            return graph(fp32, stain_norm=stain_norm, source=checkpoint, settings=settings)
     from pathseg.models.checkpoint import load_model
 
     model, info = load_model(checkpoint)
@@ -311,7 +357,7 @@ def _load_backend(checkpoint: Path, *, backend: str, cache_dir: str | os.PathLik
 
 def _int8(fp32: Path, info: dict[str, Any], calibration: list[str | os.PathLike] | None, tile: int,
           cache_dir: str | os.PathLike | None, mpp_override: float | None, stain_norm: bool,
-          settings: SessionSettings, *, source: Path, log: Any) -> OnnxBackend:
+          settings: SessionSettings, *, source: Path, log: Any, graph: type = OnnxBackend) -> OnnxBackend:
     from pathseg.inference.quantize import cached_quantize
 
     if not calibration:
@@ -322,9 +368,9 @@ def _int8(fp32: Path, info: dict[str, Any], calibration: list[str | os.PathLike]
         raise ConfigError(f"{source}: the model does not record its MPP, which calibration tiles are read at")
     path = cached_quantize(fp32, list(calibration), tile=tile, mpp=float(info["mpp"]), cache_dir=cache_dir,
                            mpp_override=mpp_override, log=log)
-    return OnnxBackend(path, stain_norm=stain_norm, source=source, settings=settings)
+    return graph(path, stain_norm=stain_norm, source=source, settings=settings)
 
 
-__all__ = ["BACKENDS", "DEFAULT_CPU_BACKEND", "PRECISIONS", "Backend", "NeedsContextError", "OnnxBackend",
+__all__ = ["BACKENDS", "DEFAULT_CPU_BACKEND", "PRECISIONS", "Backend", "NeedsContextError", "OnnxBackend", "OpenVinoBackend",
            "TorchBackend", "check_precision", "context_ratio_of", "cpu_threads", "cuda_available", "load_backend",
            "refuse_context_models", "resolve_backend_name"]

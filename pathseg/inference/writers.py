@@ -748,6 +748,8 @@ def colorize(labels: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
 
 #: Rows blended at a time by :func:`overlay_image`.
 OVERLAY_BAND_ROWS = 256
+#: zlib level of the overlay PNG: a preview, written on every slide run (see :func:`write_overlay`).
+OVERLAY_PNG_LEVEL = 1
 
 
 def overlay_image(rgb: np.ndarray, labels: np.ndarray, colors: Sequence[Sequence[int]], *, alpha: float = 0.45,
@@ -815,7 +817,8 @@ def write_overlay(path: str | os.PathLike, rgb: np.ndarray, labels: np.ndarray, 
     if labels.shape != rgb.shape[:2]:
         labels = cv2.resize(labels.astype(np.uint8), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
     img = overlay_image(rgb, labels, colors)
-    return write_image(path, with_legend(img, class_names, colors) if class_names else img)
+    return write_image(path, with_legend(img, class_names, colors) if class_names else img,
+                       png_level=OVERLAY_PNG_LEVEL)
 
 
 def composition_rows(counts: Sequence[int], class_names: Sequence[str], mpp: float) -> list[dict[str, Any]]:

@@ -108,14 +108,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Write a PNG/TIFF/JPEG atomically; format from the suffix."""
+def write_image(path: str | os.PathLike, array: np.ndarray, *, png_level: int | None = None) -> Path:
+    """Write a PNG/TIFF/JPEG atomically; format from the suffix. ``png_level``: zlib level of a PNG (0-9;
+    None: Pillow's default, 6); the pixels are the same at every level, only size and time change."""
     from PIL import Image
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(), "PNG")
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=fmt)
+        kw = {"compress_level": int(png_level)} if fmt == "PNG" and png_level is not None else {}
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=fmt, **kw)
     return path
 
 
