@@ -668,7 +668,7 @@ def plan_rows(plan: str, methods: list[str], before: bool, sizes: tuple[int, ...
         return [(m, 4096, 1) for m in ("pathseg-onnx", "pathseg-int8")]
     if plan == "memory":
         return [("pathseg-memory", s, 1) for s in (4096, 8192, 32768)]
-    if plan in ("session-options", "int8-study"):
+    if plan in ("session-options", "int8-study", "openvino-streams"):
         return []
     rows: list[tuple[str, int, int]] = []
     for size in sizes:
@@ -749,8 +749,61 @@ def parent(args: argparse.Namespace) -> None:
         result["session_options"] = session_options(workdir)
     if args.plan == "int8-study":
         result["int8_study"] = int8_study(workdir, args.models)
+    if args.plan == "openvino-streams":
+        result["openvino_streams"] = openvino_streams(workdir)
+        result["openvino_streams_command"] = "python benchmarks/wsi_inference.py " + " ".join(sys.argv[1:])
     write_json(out_json, result)
     write_markdown(out_json.with_suffix(".md"), result)
+
+
+def openvino_streams(workdir: Path, seconds: float = 8.0) -> list[dict]:
+    """OpenVINO, model alone (the fp32 U-Net export, batch 8 of 512 px): 1 stream of all threads against
+    OPENVINO_STREAMS streams with the batch split between them, each alone and beside a thread that keeps a
+    fifth of a core busy with numpy (20 ms of work every 100 ms: about what the tile reader, normaliser and
+    stitcher take beside the model). Interleaved, two rounds, the second in reverse order."""
+    import numpy as np
+
+    from pathseg.inference.backends import OpenVinoBackend
+
+    fp32 = workdir / "cache" / "onnx" / "fp32.onnx"
+    x = np.random.default_rng(0).integers(0, 256, (BATCH, TILE, TILE, 3), dtype=np.uint8)
+    backends = {}
+    for streams in (1, 2):
+        import pathseg.inference.backends as b
+
+        b.OPENVINO_STREAMS = streams
+        backends[streams] = OpenVinoBackend(fp32)
+    prepared = backends[1].prepare(x)
+    same = float(np.abs(backends[1].run(prepared) - backends[2].run(prepared)).max())
+    stop, busy = threading.Event(), threading.Event()
+
+    def noise() -> None:
+        y = np.ones((3, 512, 512), np.float32)
+        while not stop.is_set():
+            if busy.is_set():
+                t = time.perf_counter()
+                while time.perf_counter() - t < 0.02:
+                    y = y * 1.0001
+                time.sleep(0.08)
+            else:
+                time.sleep(0.01)
+
+    threading.Thread(target=noise, daemon=True).start()
+    res: dict[tuple[int, bool], list[float]] = {}
+    for rnd in range(2):
+        order = [(st, noisy) for noisy in (False, True) for st in (1, 2)]
+        for st, noisy in (order if rnd == 0 else order[::-1]):
+            (busy.set if noisy else busy.clear)()
+            be = backends[st]
+            be.run(prepared)
+            t, n = time.perf_counter(), 0
+            while time.perf_counter() - t < seconds:
+                be.run(prepared)
+                n += BATCH
+            res.setdefault((st, noisy), []).append(round(n / (time.perf_counter() - t), 3))
+    stop.set()
+    return [{"streams": st, "beside_busy_thread": noisy, "tiles_per_s": v, "max_abs_difference_to_1_stream": same}
+            for (st, noisy), v in sorted(res.items())]
 
 
 def session_options(workdir: Path) -> list[dict]:
@@ -877,6 +930,16 @@ def write_markdown(path: Path, result: dict) -> None:
         for r in result["session_options"]:
             lines.append(f"| {r['variant']} | {r['batch']} | {r['tiles_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
                          f"{r['load_avg']:.2f} |")
+    if result.get("openvino_streams"):
+        lines += ["", f"OpenVINO streams, model alone (U-Net fp32, batch {BATCH}, tiles/s of two interleaved rounds; "
+                      "busy thread: 20 ms of numpy every 100 ms beside the model; "
+                      f"`{result.get('openvino_streams_command', '')}`):", "",
+                  "| streams | beside a busy thread | tiles/s (rounds) | max abs difference to 1 stream |",
+                  "|---|---|---|---|"]
+        for r in result["openvino_streams"]:
+            lines.append(f"| {r['streams']} | {'yes' if r['beside_busy_thread'] else 'no'} | "
+                         f"{' / '.join(f'{v:.2f}' for v in r['tiles_per_s'])} | "
+                         f"{r['max_abs_difference_to_1_stream']:.1e} |")
     if result.get("int8_study"):
         lines += ["", "INT8 on trained models (calibrated on 24 training tiles; agreement = share of pixels labelled "
                       "as by fp32; slides: tissue pixels of up to 12 tissue tiles of each real slide in "
@@ -955,7 +1018,8 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", default="interleaved",
-                    choices=["interleaved", "quick", "memory", "session-options", "int8-study"])
+                    choices=["interleaved", "quick", "memory", "session-options", "int8-study",
+                             "openvino-streams"])
     ap.add_argument("--models", nargs="*", default=[], help="int8-study: name=checkpoint:data (monuseg | synthetic)")
     ap.add_argument("--only", default="", help="comma-separated methods to run")
     ap.add_argument("--workdir", default="/tmp/pathseg-bench")

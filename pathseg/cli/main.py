@@ -121,7 +121,8 @@ def predict(
                                                        "stitching protocol]"),
     workers: Optional[int] = typer.Option(None, help="slides: DataLoader workers reading tiles [default: 0]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="slides: tiles per batch [default: 8]"),
-    backend: Optional[str] = typer.Option(None, help="slides: torch | onnx | openvino | auto [default: auto]"),
+    backend: Optional[str] = typer.Option(None, help="slides: torch | onnx | openvino | auto [default: auto: "
+                                                     "openvino on CPU, torch on CUDA]"),
     probabilities: Optional[bool] = typer.Option(None, "--probabilities",
                                                  help="slides: also write per-class probability maps"),
     blend: Optional[str] = typer.Option(None, help="slides: mean | gaussian blending of overlapping tiles"),
@@ -139,7 +140,7 @@ def predict(
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="slides: auto | fp32 | fp16 | bf16 | int8 [default: auto: fp32 on "
                                                  "CPU, fp16 autocast on CUDA]; int8 calibrates once on the slides' "
-                                                 "tissue (cached) and runs in ONNX Runtime"),
+                                                 "tissue (cached) and runs in OpenVINO or ONNX Runtime"),
     scale: Optional[float] = typer.Option(None, help="images: resize by this factor before the model "
                                                      "[default: image MPP / model MPP when the image records one]"),
     image_mpp: Optional[float] = typer.Option(None, "--image-mpp", help="images: their resolution in µm/px "

@@ -80,7 +80,8 @@ def predict_slides(paths: list[Path], checkpoint: Path, out: Path, *, ray: str |
         checkpoint = int8_model(checkpoint, paths, tile=settings.get("tile", 512),
                                 mpp_override=settings.get("mpp_override"), backend=settings.get("backend", "auto"),
                                 log=con.print)
-        settings["backend"], settings["precision"] = "onnx", "auto"
+        settings["backend"] = settings.get("backend") if settings.get("backend") in ("onnx", "openvino") else "auto"
+        settings["precision"] = "auto"
     if ray:  # Ray is imported only here
         from pathseg.scale.ray_predict import predict_slides_ray
 
@@ -122,8 +123,9 @@ def int8_model(checkpoint: Path, calibration: list[Path], *, tile: int = 512, mp
     from pathseg.inference.onnx import cached_export, open_session
     from pathseg.inference.quantize import cached_quantize
 
-    if backend not in ("auto", "onnx"):
-        raise DataError(f"--precision int8 runs in ONNX Runtime; drop --backend {backend} or pass --backend onnx")
+    if backend not in ("auto", "onnx", "openvino"):
+        raise DataError(f"--precision int8 runs an ONNX graph; drop --backend {backend} or pass --backend onnx or "
+                        "openvino")
     if checkpoint.suffix.lower() == ".onnx":
         _, info = open_session(checkpoint)
         if info.get("precision") == "int8":

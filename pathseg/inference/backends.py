@@ -3,7 +3,8 @@
 ``torch`` runs the SegModel in inference mode, channels_last on CPU, on CUDA when present (fp16 or bf16
 autocast there, tiles copied from pinned memory). ``onnx`` runs an exported graph
 (:mod:`pathseg.inference.onnx`), fp32 or INT8 (:mod:`pathseg.inference.quantize`), with ONNX Runtime on
-CPU. Both normalise with the checkpoint's mean/std and apply softmax, so they are interchangeable.
+CPU; ``openvino`` compiles the same graph with OpenVINO (fp32 at f32, INT8 on its int8 kernels). All
+normalise with the checkpoint's mean/std and apply softmax, so they are interchangeable.
 A checkpoint trained on stain-normalised images carries the fitted normaliser (``info["stain"]``);
 both backends then normalise each tile to the training reference first (``stain_norm=False``: off),
 leaving tiles with too little tissue, or one colour only, unchanged.
@@ -13,8 +14,8 @@ A call is two steps, so the slide predictor can run them on different threads: :
 works on the batch before) and :meth:`Backend.run` (the model). ``backend(batch)`` does both.
 
 Precision (``precision=``; the run record names it): "fp32"; "fp16" and "bf16" (autocast, CUDA only);
-"int8" (ONNX Runtime static quantisation, CPU); "auto": fp16 on CUDA, else fp32, or what an .onnx file
-says it is.
+"int8" (ONNX Runtime static quantisation, CPU; the INT8 graph runs in ONNX Runtime or OpenVINO); "auto":
+fp16 on CUDA, else fp32, or what an .onnx file says it is.
 
 A model that reads the context around each tile (HookNet, ``context_from_image``) runs in torch only:
 its backend has ``context_ratio`` r set, and each call takes the tiles' *contexts* too -- the
@@ -23,8 +24,9 @@ its backend has ``context_ratio`` r set, and each call takes the tiles' *context
 export is refused (one input only).
 
 Pick one with :func:`load_backend` (``backend="auto"`` takes :data:`DEFAULT_CPU_BACKEND` on CPU, the one
-that was faster on the benchmark machine, see benchmarks/results/wsi_inference.md). Torch is imported
-only by the torch backend (and by an export), so predicting with ONNX Runtime does not pay for it.
+that was faster on the benchmark machine, see benchmarks/results/wsi_inference.md; if OpenVINO cannot
+compile a graph, "auto" runs it in ONNX Runtime with a warning). Torch is imported only by the torch
+backend (and by an export), so predicting from an exported graph does not pay for it.
 
 Example:
     >>> be = load_backend("model.ckpt", backend="torch")
@@ -36,6 +38,8 @@ Shape:
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import sys
 import time
@@ -60,12 +64,18 @@ from pathseg.registry import Registry
 
 BACKENDS: Registry = Registry("inference backend")
 
-#: The default for backend="auto": ONNX Runtime, measured faster than PyTorch on CPU here
-#: (benchmarks/results/wsi_inference.md); on CUDA machines "auto" means torch.
-DEFAULT_CPU_BACKEND = "onnx"
+#: The default for backend="auto" on CPU: OpenVINO where it is installed (a dependency of pathseg), else ONNX
+#: Runtime; both were measured faster than PyTorch on CPU here, and OpenVINO faster than ONNX Runtime in fp32
+#: and INT8 (benchmarks/results/wsi_inference.md). On CUDA machines "auto" means torch.
+DEFAULT_CPU_BACKEND = "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
 
 #: The backends that run an exported ONNX graph (fp32 or INT8): ONNX Runtime and OpenVINO.
 GRAPH_BACKENDS = ("onnx", "openvino")
+
+#: OpenVINO streams (each with its share of the threads) that a batch is split over; measured on the 2-core
+#: benchmark machine (wsi_inference.md, "OpenVINO streams"), U-Net at batch 8 beside a thread keeping a fifth
+#: of a core busy: 6.13 tiles/s with 2 streams of 1 thread, 5.90 with 1 stream of 2 (alone: 6.73 and 6.56).
+OPENVINO_STREAMS = 2
 
 #: What ``precision=`` takes (see the module docstring).
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -233,13 +243,20 @@ class OpenVinoBackend(OnnxBackend):
     OpenVINO's own default would compute in bf16, which is not the fp32 the run record names. An INT8 graph
     keeps its quantize/dequantize pairs, which OpenVINO runs as int8 kernels (VNNI, and AMX where the CPU
     has it). Input normalisation and stain normalisation are the ONNX backend's; the graph ends in softmax.
+
+    With two or more threads the graph runs as :data:`OPENVINO_STREAMS` streams (OpenVINO's name for
+    independent executors, each with its share of the threads), and a batch is split into one contiguous
+    part per stream, run at once: the same arithmetic per tile, so the same probabilities. A stream
+    synchronises only its own threads, so a thread of the tile reader or the stitcher taking a core
+    delays one part, not every layer of the whole batch. The compiled graph is kept in OpenVINO's model
+    cache (``<user cache>/openvino``), so a second run of the same model skips compilation.
     """
 
     name = "openvino"
 
     def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None, stain_norm: bool = True,
                  source: Any = None, settings: SessionSettings | None = None) -> None:
-        from pathseg.inference.onnx import read_onnx_info
+        from pathseg.inference.onnx import META_KEY, read_onnx_metadata, user_cache_dir
 
         try:
             import openvino as ov
@@ -247,22 +264,44 @@ class OpenVinoBackend(OnnxBackend):
             raise ConfigError("--backend openvino needs the openvino package: pip install openvino") from e
         self.path = Path(onnx_path)
         self.settings = settings or SessionSettings(threads=threads)
-        self.info = read_onnx_info(self.path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: ONNX model not found")
+        meta = read_onnx_metadata(self.path)
+        if META_KEY not in meta:
+            raise DataError(f"{self.path}: this ONNX model has no pathseg metadata; export it with "
+                            "`pathseg export-onnx CKPT`")
+        self.info = json.loads(meta[META_KEY])
         self.precision = str(self.info.get("precision", "fp32"))
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": str(self.settings.threads or cpu_threads())}
+        n_threads = self.settings.threads or cpu_threads()
+        self.streams = max(1, min(OPENVINO_STREAMS, n_threads))
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(n_threads),
+                  "NUM_STREAMS": str(self.streams),
+                  "PERFORMANCE_HINT": "THROUGHPUT" if self.streams > 1 else "LATENCY"}
+        core = ov.Core()
+        cache = user_cache_dir() / "openvino"
         try:
-            self.session = ov.Core().compile_model(str(self.path), "CPU", config)
+            cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache)})
+        except (OSError, RuntimeError):
+            pass  # no writable cache: compile every time
+        try:
+            self.session = core.compile_model(str(self.path), "CPU", config)
         except Exception as e:
             raise DataError(f"{self.path}: OpenVINO cannot compile this model ({e}); re-export it with "
                             "`pathseg export-onnx`, or use --backend onnx") from e
-        self._request = self.session.create_infer_request()
+        self._requests = [self.session.create_infer_request() for _ in range(self.streams)]
         self._load_stain(source or self.path, stain_norm)
         self._normalise = InputNormaliser(self.info.get("mean", (0, 0, 0)), self.info.get("std", (1, 1, 1)))
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
-        self._request.infer({0: prepared})
-        return self._request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+        parts = np.array_split(prepared, min(self.streams, len(prepared)))
+        for r, x in zip(self._requests, parts):
+            r.start_async({0: np.ascontiguousarray(x)})
+        outs = []
+        for r, _ in zip(self._requests, parts):
+            r.wait()
+            outs.append(r.get_output_tensor(0).data.copy())  # a request reuses its output buffer
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
 
 BACKENDS.register("torch", TorchBackend)
@@ -273,7 +312,7 @@ BACKENDS.register("openvino", OpenVinoBackend)
 def resolve_backend_name(backend: str, precision: str = "auto") -> str:
     if backend == "auto":
         if precision == "int8":
-            return "onnx"
+            return DEFAULT_CPU_BACKEND
         if precision in ("fp16", "bf16"):
             return "torch"
         return "torch" if cuda_available() else DEFAULT_CPU_BACKEND
@@ -321,7 +360,7 @@ def _load_backend(checkpoint: Path, *, backend: str, cache_dir: str | os.PathLik
     if precision in ("fp16", "bf16") and name != "torch":
         raise ConfigError(f"--precision {precision} is torch autocast on CUDA; use --backend torch or auto")
     settings = settings or SessionSettings(threads=threads)
-    graph = BACKENDS.get(name) if name in GRAPH_BACKENDS else OnnxBackend  # what runs an exported graph
+    graph = _graph_opener(name, auto=backend == "auto")  # what runs an exported graph
     if checkpoint.suffix == ".onnx":
         if name not in GRAPH_BACKENDS and backend != "auto":
             raise ConfigError(f"{checkpoint}: an .onnx model runs with backend 'onnx' or 'openvino', not "
@@ -355,9 +394,30 @@ def _load_backend(checkpoint: Path, *, backend: str, cache_dir: str | os.PathLik
                         precision="auto" if precision == "int8" else precision)
 
 
+def _graph_opener(name: str, *, auto: bool) -> Any:
+    """The backend class (or, for "auto", a callable) that opens an exported graph: OpenVINO or ONNX Runtime.
+    Under "auto" a graph that OpenVINO cannot compile runs in ONNX Runtime, with a warning."""
+    cls = BACKENDS.get(name) if name in GRAPH_BACKENDS else OnnxBackend
+    if not (auto and cls is OpenVinoBackend):
+        return cls
+
+    def open_graph(path: str | os.PathLike, **kw: Any) -> OnnxBackend:
+        try:
+            return OpenVinoBackend(path, **kw)
+        except DataError as e:
+            if not Path(path).is_file():
+                raise
+            import warnings
+
+            warnings.warn(f"{e}: running it in ONNX Runtime instead", stacklevel=3)
+            return OnnxBackend(path, **kw)
+
+    return open_graph
+
+
 def _int8(fp32: Path, info: dict[str, Any], calibration: list[str | os.PathLike] | None, tile: int,
           cache_dir: str | os.PathLike | None, mpp_override: float | None, stain_norm: bool,
-          settings: SessionSettings, *, source: Path, log: Any, graph: type = OnnxBackend) -> OnnxBackend:
+          settings: SessionSettings, *, source: Path, log: Any, graph: Any = OnnxBackend) -> OnnxBackend:
     from pathseg.inference.quantize import cached_quantize
 
     if not calibration:

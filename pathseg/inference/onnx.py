@@ -148,6 +148,73 @@ def set_info(proto: Any, info: dict[str, Any]) -> None:
     entry.key, entry.value = META_KEY, json.dumps(info)
 
 
+def _varint(f: Any) -> int | None:
+    """A protobuf base-128 varint read from ``f``; None at the end of the file."""
+    shift = out = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            return None if shift == 0 else _truncated(f)
+        out |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return out
+        shift += 7
+
+
+def _truncated(f: Any) -> int:
+    raise DataError(f"{getattr(f, 'name', 'model')}: truncated ONNX file; export it again")
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model, read from the file's top-level protobuf fields without
+    loading the graph (its bytes are skipped by seeking) and without the ``onnx`` package, so that a
+    backend other than ONNX Runtime learns the pathseg info in milliseconds.
+
+    ModelProto's field 14 is ``repeated StringStringEntryProto metadata_props``; an entry has ``key`` (1)
+    and ``value`` (2), both length-delimited strings (onnx.proto3).
+    """
+    path = Path(path)
+    meta: dict[str, str] = {}
+    with open(path, "rb") as f:
+        while (tag := _varint(f)) is not None:
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _varint(f)
+            elif wire == 1:
+                f.seek(8, os.SEEK_CUR)
+            elif wire == 5:
+                f.seek(4, os.SEEK_CUR)
+            elif wire == 2:
+                n = _varint(f)
+                if n is None:
+                    _truncated(f)
+                if field != 14:
+                    f.seek(n, os.SEEK_CUR)
+                    continue
+                entry, kv, i = f.read(n), {}, 0
+                while i < len(entry):
+                    t, i = _decode_varint(entry, i)
+                    ln, i = _decode_varint(entry, i)
+                    kv[t >> 3] = entry[i:i + ln].decode("utf-8")
+                    i += ln
+                meta[kv.get(1, "")] = kv.get(2, "")
+            else:
+                raise DataError(f"{path}: not an ONNX model (protobuf wire type {wire}); export it with "
+                                "`pathseg export-onnx CKPT`")
+    return meta
+
+
+def _decode_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = out = 0
+    while True:
+        b = buf[i]
+        i += 1
+        out |= (b & 0x7F) << shift
+        if b < 0x80:
+            return out, i
+        shift += 7
+
+
 def read_onnx_info(path: str | os.PathLike) -> dict[str, Any]:
     """The ``pathseg`` info stored in an exported model (class names, colours, MPP, mean/std, stain, precision)."""
     import onnx

@@ -53,7 +53,7 @@ def test_onnx_backend_runs_a_slide(exported, tmp_path):
     _, onnx_path = exported
     slide, _ = synthetic_slide(tmp_path, 1024, seed=1, truth=False)
     rows = predict_slides([slide], onnx_path, tmp_path / "out", tile=128, backend="auto", show_progress=False)
-    assert rows[0]["status"] == "done" and rows[0]["backend"] == "onnx"
+    assert rows[0]["status"] == "done" and rows[0]["backend"] == "openvino"  # "auto" on CPU, openvino installed
 
 
 def test_missing_model_or_metadata_is_explained(tmp_path):
@@ -65,3 +65,25 @@ def test_missing_model_or_metadata_is_explained(tmp_path):
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "bare.onnx"))
     with pytest.raises(DataError, match="pathseg export-onnx"):
         read_onnx_info(tmp_path / "bare.onnx")
+
+
+def test_onnx_metadata_is_read_without_the_onnx_package_as_onnx_reads_it(exported, tmp_path):
+    """The seek-based reader (what the OpenVINO backend uses) against onnx's own parser: the exported model,
+    and a model with several entries, non-ASCII values and a graph before and after them."""
+    import onnx
+
+    from pathseg.inference.backends import OpenVinoBackend
+    from pathseg.inference.onnx import read_onnx_metadata
+
+    _, onnx_path = exported
+    want = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert read_onnx_metadata(onnx_path) == want and "pathseg" in want
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []), producer_name="t", model_version=7)
+    onnx.helper.set_model_props(model, {"a": "1", "µm/px": "0.5 ü", "long": "x" * 300, "": "empty key"})
+    onnx.save(model, str(tmp_path / "props.onnx"))
+    assert read_onnx_metadata(tmp_path / "props.onnx") == {"a": "1", "µm/px": "0.5 ü", "long": "x" * 300,
+                                                            "": "empty key"}
+    with pytest.raises(DataError, match="pathseg export-onnx"):
+        OpenVinoBackend(tmp_path / "props.onnx")  # no pathseg entry
+    with pytest.raises(DataError, match="not found"):
+        OpenVinoBackend(tmp_path / "nope.onnx")

@@ -395,7 +395,7 @@ def test_pathseg_predict_precision_int8_runs_the_calibrated_model_and_records_it
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o8"), "--precision", "int8"], env=env)
     assert r.exit_code == 0, r.output
     rec = json.loads(next((tmp_path / "o8").rglob("*.run.json")).read_text())
-    assert rec["status"] == "done" and rec["precision"] == "int8" and rec["backend"] == "onnx"
+    assert rec["status"] == "done" and rec["precision"] == "int8" and rec["backend"] == "openvino"  # auto on CPU
     assert 0.0 <= rec["quantisation"]["agreement"] <= 1.0
     assert list((tmp_path / "cache").rglob("*int8*.onnx"))  # calibrated once, kept in the user cache
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o32"), "--precision", "fp32"], env=env)
@@ -423,17 +423,20 @@ def test_export_onnx_int8_command(tmp_path, slide):
 
 
 # ---------------------------------------------------------------------------------------------- imports
-def test_pathseg_predict_imports_no_lightning_and_no_torch_for_an_onnx_model(trained, slide, tmp_path):
+@pytest.mark.parametrize("backend", ["auto", "onnx"])
+def test_pathseg_predict_imports_no_lightning_and_no_torch_for_an_onnx_model(trained, slide, tmp_path, backend):
     cmd = [sys.executable, "-X", "importtime", "-m", "pathseg.cli.main", "predict", str(slide), "--checkpoint",
-           str(trained), "--out", str(tmp_path / "o"), "--tile", "64", "--overlap", "0"]
+           str(trained), "--out", str(tmp_path / "o"), "--tile", "64", "--overlap", "0", "--backend", backend]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
-    assert "onnxruntime" in modules  # the measurement sees the imports
+    runtime = {"auto": "openvino", "onnx": "onnxruntime"}[backend]  # "auto" on CPU: OpenVINO (installed)
+    assert runtime in modules  # the measurement sees the imports
     heavy = sorted(m for m in modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric",
                                                              "torch", "ray", "timm", "onnx")
                    or m.startswith(("pathseg.methods", "pathseg.engine")))
     assert heavy == [], heavy
     rec = json.loads(next((tmp_path / "o").rglob("*.run.json")).read_text())
-    assert rec["status"] == "done" and rec["backend"] == "onnx" and rec["timings"]["first_tile_s"] > 0
+    assert rec["status"] == "done" and rec["backend"] == {"auto": "openvino", "onnx": "onnx"}[backend]
+    assert rec["timings"]["first_tile_s"] > 0
