@@ -987,7 +987,7 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
                 r = e8[anchor]["seconds"] / p["seconds"]
                 out.append((f"{m}: wall <= 1/{need:g} of {anchor}",
                             f"{p['seconds']:.1f} s vs {e8[anchor]['seconds']:.1f} s: {r:.2f}x", r >= need))
-        out.append((f"{m}: end to end >= 60% of the matmul limit", f"{p['flops_fraction']:.2f}",
+        out.append((f"{m}: end to end >= 60% of the matmul limit", f"{p['flops_fraction']:.3f}",
                     p["flops_fraction"] >= 0.6))
         out.append((f"{m}: first tile within 4 s of the command's start", f"{p['first_tile_s']:.1f} s (slowest pass)",
                     p["first_tile_s"] <= 4.0))
