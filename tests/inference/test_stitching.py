@@ -114,6 +114,27 @@ def test_interrupted_slide_resumes_to_the_same_maps_and_finished_slides_are_skip
     assert again["status"] == "skipped"
 
 
+def _random_probs(K: int, T: int):
+    """Tile i's probabilities: seeded by i, normalised over the K classes."""
+    def probs(i):
+        p = np.random.default_rng(i).random((K, T, T)).astype(np.float32)
+        return p / p.sum(0)
+
+    return probs
+
+
+def _mean_accumulation(tiles, probs, K: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 mean of the tiles' kept regions, and how many tiles cover each pixel."""
+    W, H = size
+    acc, wsum = np.zeros((K, H, W)), np.zeros((H, W))
+    for t in tiles:
+        kx0, ky0, kx1, ky1 = t.keep
+        x0, y0, x1, y1 = t.out_box
+        acc[:, y0:y1, x0:x1] += probs(t.index)[:, ky0:ky1, kx0:kx1]
+        wsum[y0:y1, x0:x1] += 1
+    return acc / wsum, wsum
+
+
 def test_stitcher_recovers_from_a_crash_between_checkpoints(tmp_path):
     """Tiles added after the last checkpoint are in the accumulator but not in the record:
     resume must not count them twice."""
@@ -121,18 +142,8 @@ def test_stitcher_recovers_from_a_crash_between_checkpoints(tmp_path):
     cfg = TilingConfig(tile=T, overlap=0.5, mpp=1.0, min_tissue=0)
     tiles = grid_tiles(None, cfg, slide_mpp=1.0, dimensions=(W, H))
 
-    def probs(i):
-        p = np.random.default_rng(i).random((K, T, T)).astype(np.float32)
-        return p / p.sum(0)
-
-    # reference: plain numpy accumulation
-    acc, wsum = np.zeros((K, H, W)), np.zeros((H, W))
-    for t in tiles:
-        kx0, ky0, kx1, ky1 = t.keep
-        x0, y0, x1, y1 = t.out_box
-        acc[:, y0:y1, x0:x1] += probs(t.index)[:, ky0:ky1, kx0:kx1]
-        wsum[y0:y1, x0:x1] += 1
-    want = acc / wsum
+    probs = _random_probs(K, T)
+    want, wsum = _mean_accumulation(tiles, probs, K, (W, H))  # reference: plain numpy accumulation
 
     store = tmp_path / "s.zarr"
     st = Stitcher(store, tiles, (W, H), K, tile=T, chunk=64, probabilities=True, prob_dtype="float32", key="k")
@@ -196,17 +207,8 @@ def test_overlap_zero_stitching_is_the_tiles_themselves(tmp_path, chunk, monkeyp
     tiles = grid_tiles(None, TilingConfig(tile=T, overlap=0.0, mpp=1.0, min_tissue=0), slide_mpp=1.0,
                        dimensions=(W, H))
 
-    def probs(i):
-        p = np.random.default_rng(i).random((K, T, T)).astype(np.float32)
-        return p / p.sum(0)
-
-    acc, wsum = np.zeros((K, H, W)), np.zeros((H, W))
-    for t in tiles:
-        kx0, ky0, kx1, ky1 = t.keep
-        x0, y0, x1, y1 = t.out_box
-        acc[:, y0:y1, x0:x1] += probs(t.index)[:, ky0:ky1, kx0:kx1]
-        wsum[y0:y1, x0:x1] += 1
-    want = acc / wsum
+    probs = _random_probs(K, T)
+    want, wsum = _mean_accumulation(tiles, probs, K, (W, H))
     alone = []  # tiles that are exactly one chunk and the only tile on it
     for t in tiles:
         x0, y0, x1, y1 = t.out_box
