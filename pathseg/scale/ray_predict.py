@@ -70,9 +70,9 @@ class SlideWorker:
         checkpoint: .ckpt/.pt pathseg checkpoint or exported .onnx (the same for every worker).
         out: output folder; the ONNX export is cached per user, as in a local run.
         config: the :class:`~pathseg.inference.predictor.PredictConfig` of the run.
-        backend: torch | onnx | auto ("auto" on a CPU worker means the CPU default, ONNX Runtime).
+        backend: torch | onnx | openvino | auto ("auto" on a CPU worker means the CPU default, OpenVINO).
         device: "cpu", or None for CUDA when the worker was given a GPU.
-        threads: CPU threads for the model (torch and ONNX Runtime).
+        threads: CPU threads for the model (torch, ONNX Runtime, OpenVINO).
         cwd: the driver's working directory; relative paths resolve against it when it exists here.
         stain_norm: apply the checkpoint's stain normalisation, if any.
         precision: auto | fp32 | fp16 | bf16 (:func:`pathseg.inference.backends.load_backend`); INT8 is
