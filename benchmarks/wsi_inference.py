@@ -477,26 +477,40 @@ def _study_data(kind: str) -> tuple[list, list]:
     return train, [test[i] for i in range(len(test))]
 
 
-def _run_padded(session, norm, image):
+def _run_padded(run, norm, image):
     """Labels of one whole image: reflect-padded to a multiple of 32, as pathseg's image prediction does."""
     import numpy as np
 
     h, w = image.shape[:2]
     ph, pw = -h % 32, -w % 32
     x = norm(np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")[None])
-    return session.run(None, {session.get_inputs()[0].name: x})[0][0, :, :h, :w].argmax(0)
+    return run(x)[0, :, :h, :w].argmax(0)
 
 
-def int8_study(workdir: Path, models: list[str]) -> list[dict]:
+def _graph_runner(path: Path, runtime: str):
+    """``run(x) -> probabilities`` of an exported graph in ONNX Runtime or OpenVINO (pathseg's settings)."""
+    if runtime == "openvino":
+        from pathseg.inference.backends import OpenVinoBackend
+
+        return OpenVinoBackend(path).run
+    from pathseg.inference.onnx import SessionSettings, open_session
+
+    sess, _ = open_session(path, SessionSettings())
+    return lambda x: sess.run(None, {"image": x})[0]
+
+
+def int8_study(workdir: Path, models: list[str], runtime: str = "onnx") -> list[dict]:
     """For each ``name=checkpoint:data`` (data: monuseg | synthetic): INT8 calibrated on 24 training tiles; label
     agreement with fp32 on those tiles, over tissue pixels of the real slides in ../shared/data/slides, and on
-    the test set; test Dice fp32 vs INT8; model-alone tiles/s of both."""
+    the test set; test Dice fp32 vs INT8; model-alone tiles/s of both. ``runtime``: what runs both graphs
+    (onnx: ONNX Runtime; openvino). The quantiser's own check (``calibration.agreement``) is always ONNX
+    Runtime's; ``calibration_agreement_runtime`` is the same comparison in ``runtime``."""
     import warnings
 
     import numpy as np
 
     from pathseg.data.base import shared_data_root
-    from pathseg.inference.onnx import InputNormaliser, SessionSettings, cached_export, open_session
+    from pathseg.inference.onnx import InputNormaliser, cached_export, open_session
     from pathseg.inference.quantize import QuantizeConfig, label_agreement, quantize_onnx, tissue_pixels
     from pathseg.io.slides import open_slide
     from pathseg.io.tiling import TilingConfig, grid_tiles
@@ -522,15 +536,16 @@ def int8_study(workdir: Path, models: list[str]) -> list[dict]:
                                      config=QuantizeConfig(tiles=len(tiles)), on_low="warn",
                                      sources=[f"{kind} train, {len(tiles)} tiles of {tile} px"])
         quant_s = time.perf_counter() - t0
-        sf, _ = open_session(fp32, SessionSettings())
-        sq, _ = open_session(int8, SessionSettings())
+        rf, rq = _graph_runner(fp32, runtime), _graph_runner(int8, runtime)
         norm = InputNormaliser(info["mean"], info["std"])
+        xc = norm(tiles)
+        cal_runtime = label_agreement(rf(xc).argmax(1), rq(xc).argmax(1), tissue_pixels(tiles))
         # test set: Dice of each, agreement
         K = len(info["class_names"])
         mf, mq = SegmentationMetrics(K, info["class_names"]), SegmentationMetrics(K, info["class_names"])
         same = total = 0
         for smp in test:
-            lf, lq = _run_padded(sf, norm, smp["image"]), _run_padded(sq, norm, smp["image"])
+            lf, lq = _run_padded(rf, norm, smp["image"]), _run_padded(rq, norm, smp["image"])
             mf.update(smp["mask"], lf)
             mq.update(smp["mask"], lq)
             same += int((lf == lq).sum())
@@ -558,8 +573,8 @@ def int8_study(workdir: Path, models: list[str]) -> list[dict]:
             if imgs is None:
                 continue
             x = norm(imgs)
-            lf = np.concatenate([sf.run(None, {"image": x[i:i + 4]})[0].argmax(1) for i in range(0, len(x), 4)])
-            lq = np.concatenate([sq.run(None, {"image": x[i:i + 4]})[0].argmax(1) for i in range(0, len(x), 4)])
+            lf = np.concatenate([rf(x[i:i + 4]).argmax(1) for i in range(0, len(x), 4)])
+            lq = np.concatenate([rq(x[i:i + 4]).argmax(1) for i in range(0, len(x), 4)])
             mask = tissue_pixels(imgs)
             if mask.mean() < 0.05:  # pale: tissue pixels by the Otsu rule of the slide's tissue detector
                 from pathseg.io.tissue import OtsuTissueDetector
@@ -570,13 +585,14 @@ def int8_study(workdir: Path, models: list[str]) -> list[dict]:
                              "agreement": round(label_agreement(lf, lq, mask), 5)}
         speed = {}
         xb = norm(np.random.default_rng(0).integers(0, 256, (BATCH, 512, 512, 3), dtype=np.uint8))
-        for label, sess in (("fp32", sf), ("int8", sq)):
-            sess.run(None, {"image": xb})
+        for label, run in (("fp32", rf), ("int8", rq)):
+            run(xb)
             t = time.perf_counter()
             for _ in range(2):
-                sess.run(None, {"image": xb})
+                run(xb)
             speed[label] = round(2 * BATCH / (time.perf_counter() - t), 3)
-        row = {"model": name, "checkpoint": str(ckpt), "data": kind, "quantise_s": round(quant_s, 1),
+        row = {"model": name, "checkpoint": str(ckpt), "data": kind, "runtime": runtime,
+               "quantise_s": round(quant_s, 1), "calibration_agreement_runtime": round(cal_runtime, 5),
                "calibration": {k: report[k] for k in ("agreement", "agreement_all_pixels", "tiles", "sources",
                                                       "int8_instructions", "format")},
                "test": {"images": len(test), "Dice_fp32": round(df["Dice"], 4), "Dice_int8": round(dq["Dice"], 4),
@@ -748,7 +764,9 @@ def parent(args: argparse.Namespace) -> None:
     if args.plan == "session-options":
         result["session_options"] = session_options(workdir)
     if args.plan == "int8-study":
-        result["int8_study"] = int8_study(workdir, args.models)
+        key = "int8_study" if args.runtime == "onnx" else f"int8_study_{args.runtime}"
+        result[key] = int8_study(workdir, args.models, args.runtime)
+        result[f"{key}_command"] = "python benchmarks/wsi_inference.py " + " ".join(sys.argv[1:])
     if args.plan == "openvino-streams":
         result["openvino_streams"] = openvino_streams(workdir)
         result["openvino_streams_command"] = "python benchmarks/wsi_inference.py " + " ".join(sys.argv[1:])
@@ -940,18 +958,25 @@ def write_markdown(path: Path, result: dict) -> None:
             lines.append(f"| {r['streams']} | {'yes' if r['beside_busy_thread'] else 'no'} | "
                          f"{' / '.join(f'{v:.2f}' for v in r['tiles_per_s'])} | "
                          f"{r['max_abs_difference_to_1_stream']:.1e} |")
-    if result.get("int8_study"):
-        lines += ["", "INT8 on trained models (calibrated on 24 training tiles; agreement = share of pixels labelled "
-                      "as by fp32; slides: tissue pixels of up to 12 tissue tiles of each real slide in "
-                      "../shared/data/slides):", "",
-                  "| model | calibration agreement (tissue) | test Dice fp32 | test Dice INT8 | change | test "
-                  "agreement | " + " | ".join(f"{n.split('.')[0]} agreement" for n in REAL_SLIDES) +
+    for key, runtime in (("int8_study", "ONNX Runtime"), ("int8_study_openvino", "OpenVINO")):
+        if not result.get(key):
+            continue
+        cmd = result.get(f"{key}_command")
+        lines += ["", f"INT8 on trained models, both graphs run by {runtime} (calibrated on 24 training tiles; "
+                      "agreement = share of pixels labelled as by fp32; calibration agreement: the quantiser's check, "
+                      f"in ONNX Runtime, and the same tiles in {runtime}; slides: tissue pixels of up to 12 tissue "
+                      "tiles of each real slide in ../shared/data/slides"
+                      + (f"; `{cmd}`" if cmd else "") + "):", "",
+                  "| model | calibration agreement (tissue; quantiser / this runtime) | test Dice fp32 | test Dice INT8 "
+                  "| change | test agreement | " + " | ".join(f"{n.split('.')[0]} agreement" for n in REAL_SLIDES) +
                   " | model tiles/s fp32 / INT8 |",
                   "|---|---|---|---|---|---|" + "---|" * len(REAL_SLIDES) + "---|"]
-        for r in result["int8_study"]:
+        for r in result[key]:
             t = r["test"]
             sl = " | ".join(f"{r['slides'][n]['agreement']:.2%}" if n in r["slides"] else "" for n in REAL_SLIDES)
-            lines.append(f"| {r['model']} | {r['calibration']['agreement']:.2%} | {t['Dice_fp32']:.4f} | "
+            own = r.get("calibration_agreement_runtime")
+            lines.append(f"| {r['model']} | {r['calibration']['agreement']:.2%}"
+                         + ("" if own is None else f" / {own:.2%}") + f" | {t['Dice_fp32']:.4f} | "
                          f"{t['Dice_int8']:.4f} | {t['Dice_change']:+.4f} | {t['agreement_all_pixels']:.2%} | {sl} | "
                          f"{r['model_tiles_per_s']['fp32']:.2f} / {r['model_tiles_per_s']['int8']:.2f} |")
     agree = [r for r in rows if r.get("agreement_with_onnx_fp32")]
@@ -1021,6 +1046,7 @@ def main() -> None:
                     choices=["interleaved", "quick", "memory", "session-options", "int8-study",
                              "openvino-streams"])
     ap.add_argument("--models", nargs="*", default=[], help="int8-study: name=checkpoint:data (monuseg | synthetic)")
+    ap.add_argument("--runtime", default="onnx", choices=["onnx", "openvino"], help="int8-study: what runs the graphs")
     ap.add_argument("--only", default="", help="comma-separated methods to run")
     ap.add_argument("--workdir", default="/tmp/pathseg-bench")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "wsi_inference.json"))
