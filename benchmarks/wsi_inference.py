@@ -785,12 +785,7 @@ def openvino_streams(workdir: Path, seconds: float = 8.0) -> list[dict]:
 
     fp32 = workdir / "cache" / "onnx" / "fp32.onnx"
     x = np.random.default_rng(0).integers(0, 256, (BATCH, TILE, TILE, 3), dtype=np.uint8)
-    backends = {}
-    for streams in (1, 2):
-        import pathseg.inference.backends as b
-
-        b.OPENVINO_STREAMS = streams
-        backends[streams] = OpenVinoBackend(fp32)
+    backends = {streams: OpenVinoBackend(fp32, streams=streams) for streams in (1, 2)}
     prepared = backends[1].prepare(x)
     same = float(np.abs(backends[1].run(prepared) - backends[2].run(prepared)).max())
     stop, busy = threading.Event(), threading.Event()

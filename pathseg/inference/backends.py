@@ -39,7 +39,6 @@ Shape:
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -167,7 +166,8 @@ class TorchBackend(Backend):
         if precision == "auto":
             precision = "fp16" if cuda else "fp32"
         if precision == "int8":
-            raise ConfigError("int8 runs in ONNX Runtime: use --backend onnx, openvino (or auto) with --precision int8")
+            raise ConfigError("int8 runs in ONNX Runtime or OpenVINO: use --backend onnx or openvino (or auto) with "
+                              "--precision int8")
         if precision in ("fp16", "bf16") and not cuda:
             raise ConfigError(f"{precision} autocast is for CUDA devices; on CPU use --precision fp32, or int8 "
                               "(ONNX Runtime)")
@@ -244,7 +244,7 @@ class OpenVinoBackend(OnnxBackend):
     keeps its quantize/dequantize pairs, which OpenVINO runs as int8 kernels (VNNI, and AMX where the CPU
     has it). Input normalisation and stain normalisation are the ONNX backend's; the graph ends in softmax.
 
-    With two or more threads the graph runs as :data:`OPENVINO_STREAMS` streams (OpenVINO's name for
+    With two or more threads the graph runs as ``streams`` streams (default :data:`OPENVINO_STREAMS`) (OpenVINO's name for
     independent executors, each with its share of the threads), and a batch is split into one contiguous
     part per stream, run at once: the same arithmetic per tile, so the same probabilities. A stream
     synchronises only its own threads, so a thread of the tile reader or the stitcher taking a core
@@ -255,8 +255,8 @@ class OpenVinoBackend(OnnxBackend):
     name = "openvino"
 
     def __init__(self, onnx_path: str | os.PathLike, *, threads: int | None = None, stain_norm: bool = True,
-                 source: Any = None, settings: SessionSettings | None = None) -> None:
-        from pathseg.inference.onnx import META_KEY, read_onnx_metadata, user_cache_dir
+                 source: Any = None, settings: SessionSettings | None = None, streams: int | None = None) -> None:
+        from pathseg.inference.onnx import read_onnx_info, user_cache_dir
 
         try:
             import openvino as ov
@@ -264,16 +264,10 @@ class OpenVinoBackend(OnnxBackend):
             raise ConfigError("--backend openvino needs the openvino package: pip install openvino") from e
         self.path = Path(onnx_path)
         self.settings = settings or SessionSettings(threads=threads)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: ONNX model not found")
-        meta = read_onnx_metadata(self.path)
-        if META_KEY not in meta:
-            raise DataError(f"{self.path}: this ONNX model has no pathseg metadata; export it with "
-                            "`pathseg export-onnx CKPT`")
-        self.info = json.loads(meta[META_KEY])
+        self.info = read_onnx_info(self.path)
         self.precision = str(self.info.get("precision", "fp32"))
         n_threads = self.settings.threads or cpu_threads()
-        self.streams = max(1, min(OPENVINO_STREAMS, n_threads))
+        self.streams = max(1, min(OPENVINO_STREAMS if streams is None else streams, n_threads))
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(n_threads),
                   "NUM_STREAMS": str(self.streams),
                   "PERFORMANCE_HINT": "THROUGHPUT" if self.streams > 1 else "LATENCY"}
@@ -431,6 +425,6 @@ def _int8(fp32: Path, info: dict[str, Any], calibration: list[str | os.PathLike]
     return graph(path, stain_norm=stain_norm, source=source, settings=settings)
 
 
-__all__ = ["BACKENDS", "DEFAULT_CPU_BACKEND", "PRECISIONS", "Backend", "NeedsContextError", "OnnxBackend", "OpenVinoBackend",
-           "TorchBackend", "check_precision", "context_ratio_of", "cpu_threads", "cuda_available", "load_backend",
+__all__ = ["BACKENDS", "DEFAULT_CPU_BACKEND", "GRAPH_BACKENDS", "PRECISIONS", "Backend", "NeedsContextError",
+           "OnnxBackend", "OpenVinoBackend", "TorchBackend", "check_precision", "context_ratio_of", "cpu_threads", "cuda_available", "load_backend",
            "refuse_context_models", "resolve_backend_name"]

@@ -148,63 +148,8 @@ def set_info(proto: Any, info: dict[str, Any]) -> None:
     entry.key, entry.value = META_KEY, json.dumps(info)
 
 
-def _varint(f: Any) -> int | None:
-    """A protobuf base-128 varint read from ``f``; None at the end of the file."""
-    shift = out = 0
-    while True:
-        b = f.read(1)
-        if not b:
-            return None if shift == 0 else _truncated(f)
-        out |= (b[0] & 0x7F) << shift
-        if b[0] < 0x80:
-            return out
-        shift += 7
-
-
-def _truncated(f: Any) -> int:
-    raise DataError(f"{getattr(f, 'name', 'model')}: truncated ONNX file; export it again")
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX model, read from the file's top-level protobuf fields without
-    loading the graph (its bytes are skipped by seeking) and without the ``onnx`` package, so that a
-    backend other than ONNX Runtime learns the pathseg info in milliseconds.
-
-    ModelProto's field 14 is ``repeated StringStringEntryProto metadata_props``; an entry has ``key`` (1)
-    and ``value`` (2), both length-delimited strings (onnx.proto3).
-    """
-    path = Path(path)
-    meta: dict[str, str] = {}
-    with open(path, "rb") as f:
-        while (tag := _varint(f)) is not None:
-            field, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _varint(f)
-            elif wire == 1:
-                f.seek(8, os.SEEK_CUR)
-            elif wire == 5:
-                f.seek(4, os.SEEK_CUR)
-            elif wire == 2:
-                n = _varint(f)
-                if n is None:
-                    _truncated(f)
-                if field != 14:
-                    f.seek(n, os.SEEK_CUR)
-                    continue
-                entry, kv, i = f.read(n), {}, 0
-                while i < len(entry):
-                    t, i = _decode_varint(entry, i)
-                    ln, i = _decode_varint(entry, i)
-                    kv[t >> 3] = entry[i:i + ln].decode("utf-8")
-                    i += ln
-                meta[kv.get(1, "")] = kv.get(2, "")
-            else:
-                raise DataError(f"{path}: not an ONNX model (protobuf wire type {wire}); export it with "
-                                "`pathseg export-onnx CKPT`")
-    return meta
-
-
-def _decode_varint(buf: bytes, i: int) -> tuple[int, int]:
+def _varint(buf: Any, i: int) -> tuple[int, int]:
+    """The protobuf base-128 varint at ``buf[i]``, and the offset after it."""
     shift = out = 0
     while True:
         b = buf[i]
@@ -215,21 +160,62 @@ def _decode_varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def read_onnx_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``pathseg`` info stored in an exported model (class names, colours, MPP, mean/std, stain, precision)."""
-    import onnx
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model, read from the file's top-level protobuf fields (memory-mapped:
+    the graph's bytes are stepped over, never read) without the ``onnx`` package, whose import costs more
+    than the whole read.
 
+    ModelProto's field 14 is ``repeated StringStringEntryProto metadata_props``; an entry has ``key`` (1)
+    and ``value`` (2), both length-delimited strings (onnx.proto3).
+    """
+    import mmap
+
+    path = Path(path)
+    meta: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise DataError(f"{path}: empty file, not an ONNX model; export it with `pathseg export-onnx CKPT`")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                i = 0
+                while i < len(buf):
+                    tag, i = _varint(buf, i)
+                    field, wire = tag >> 3, tag & 7
+                    if wire == 0:
+                        _, i = _varint(buf, i)
+                    elif wire in (1, 5):
+                        i += 8 if wire == 1 else 4
+                    elif wire == 2:
+                        n, i = _varint(buf, i)
+                        if field == 14:
+                            kv, e, end = {}, i, i + n
+                            while e < end:
+                                t, e = _varint(buf, e)
+                                ln, e = _varint(buf, e)
+                                kv[t >> 3] = bytes(buf[e:e + ln]).decode("utf-8")
+                                e += ln
+                            meta[kv.get(1, "")] = kv.get(2, "")
+                        i += n
+                    else:
+                        raise ValueError(f"protobuf wire type {wire}")
+                if i > len(buf):
+                    raise IndexError("past the end")
+            except (IndexError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+                raise DataError(f"{path}: not a readable ONNX model ({e}); export it with "
+                                "`pathseg export-onnx CKPT`") from e
+    return meta
+
+
+def read_onnx_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``pathseg`` info stored in an exported model (class names, colours, MPP, mean/std, stain, precision),
+    read by :func:`read_onnx_metadata` (no graph loaded, no ``onnx`` import)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ONNX model not found")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise DataError(f"{path}: not a readable ONNX model ({e})") from e
-    for p in proto.metadata_props:
-        if p.key == META_KEY:
-            return json.loads(p.value)
-    raise DataError(f"{path}: this ONNX model has no pathseg metadata; export it with `pathseg export-onnx CKPT`")
+    meta = read_onnx_metadata(path)
+    if META_KEY not in meta:
+        raise DataError(f"{path}: this ONNX model has no pathseg metadata; export it with `pathseg export-onnx CKPT`")
+    return json.loads(meta[META_KEY])
 
 
 # ------------------------------------------------------------------------------------------------
