@@ -477,26 +477,22 @@ def _study_data(kind: str) -> tuple[list, list]:
     return train, [test[i] for i in range(len(test))]
 
 
-def _run_padded(run, norm, image):
+def _run_padded(run, image):
     """Labels of one whole image: reflect-padded to a multiple of 32, as pathseg's image prediction does."""
     import numpy as np
 
     h, w = image.shape[:2]
     ph, pw = -h % 32, -w % 32
-    x = norm(np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")[None])
+    x = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")[None]
     return run(x)[0, :, :h, :w].argmax(0)
 
 
 def _graph_runner(path: Path, runtime: str):
-    """``run(x) -> probabilities`` of an exported graph in ONNX Runtime or OpenVINO (pathseg's settings)."""
-    if runtime == "openvino":
-        from pathseg.inference.backends import OpenVinoBackend
+    """``run(uint8 tiles) -> probabilities`` of an exported graph in ONNX Runtime or OpenVINO, as pathseg's
+    backends run it (normalisation included; stain normalisation off)."""
+    from pathseg.inference.backends import OnnxBackend, OpenVinoBackend
 
-        return OpenVinoBackend(path).run
-    from pathseg.inference.onnx import SessionSettings, open_session
-
-    sess, _ = open_session(path, SessionSettings())
-    return lambda x: sess.run(None, {"image": x})[0]
+    return {"openvino": OpenVinoBackend, "onnx": OnnxBackend}[runtime](path, stain_norm=False)
 
 
 def int8_study(workdir: Path, models: list[str], runtime: str = "onnx") -> list[dict]:
@@ -510,7 +506,7 @@ def int8_study(workdir: Path, models: list[str], runtime: str = "onnx") -> list[
     import numpy as np
 
     from pathseg.data.base import shared_data_root
-    from pathseg.inference.onnx import InputNormaliser, cached_export, open_session
+    from pathseg.inference.onnx import cached_export, open_session
     from pathseg.inference.quantize import QuantizeConfig, label_agreement, quantize_onnx, tissue_pixels
     from pathseg.io.slides import open_slide
     from pathseg.io.tiling import TilingConfig, grid_tiles
@@ -537,15 +533,13 @@ def int8_study(workdir: Path, models: list[str], runtime: str = "onnx") -> list[
                                      sources=[f"{kind} train, {len(tiles)} tiles of {tile} px"])
         quant_s = time.perf_counter() - t0
         rf, rq = _graph_runner(fp32, runtime), _graph_runner(int8, runtime)
-        norm = InputNormaliser(info["mean"], info["std"])
-        xc = norm(tiles)
-        cal_runtime = label_agreement(rf(xc).argmax(1), rq(xc).argmax(1), tissue_pixels(tiles))
+        cal_runtime = label_agreement(rf(tiles).argmax(1), rq(tiles).argmax(1), tissue_pixels(tiles))
         # test set: Dice of each, agreement
         K = len(info["class_names"])
         mf, mq = SegmentationMetrics(K, info["class_names"]), SegmentationMetrics(K, info["class_names"])
         same = total = 0
         for smp in test:
-            lf, lq = _run_padded(rf, norm, smp["image"]), _run_padded(rq, norm, smp["image"])
+            lf, lq = _run_padded(rf, smp["image"]), _run_padded(rq, smp["image"])
             mf.update(smp["mask"], lf)
             mq.update(smp["mask"], lq)
             same += int((lf == lq).sum())
@@ -572,7 +566,7 @@ def int8_study(workdir: Path, models: list[str], runtime: str = "onnx") -> list[
                     imgs = np.stack([sl.read_region(t.x0, t.y0, 512, 512, mpp=mpp) for t in pick]) if pick else None
             if imgs is None:
                 continue
-            x = norm(imgs)
+            x = imgs
             lf = np.concatenate([rf(x[i:i + 4]).argmax(1) for i in range(0, len(x), 4)])
             lq = np.concatenate([rq(x[i:i + 4]).argmax(1) for i in range(0, len(x), 4)])
             mask = tissue_pixels(imgs)
@@ -584,7 +578,7 @@ def int8_study(workdir: Path, models: list[str], runtime: str = "onnx") -> list[
                              "min_tissue": least,
                              "agreement": round(label_agreement(lf, lq, mask), 5)}
         speed = {}
-        xb = norm(np.random.default_rng(0).integers(0, 256, (BATCH, 512, 512, 3), dtype=np.uint8))
+        xb = np.random.default_rng(0).integers(0, 256, (BATCH, 512, 512, 3), dtype=np.uint8)
         for label, run in (("fp32", rf), ("int8", rq)):
             run(xb)
             t = time.perf_counter()

@@ -43,6 +43,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,11 @@ GRAPH_BACKENDS = ("onnx", "openvino")
 #: benchmark machine (wsi_inference.md, "OpenVINO streams"), U-Net at batch 8 beside a thread keeping a fifth
 #: of a core busy: 6.13 tiles/s with 2 streams of 1 thread, 5.90 with 1 stream of 2 (alone: 6.73 and 6.56).
 OPENVINO_STREAMS = 2
+
+#: OpenVINO requests queued per stream: one running, one ready to start the moment it ends (fed one tile at a
+#: time, the same U-Net at 6.13-6.22 tiles/s beside a busy thread, against 5.82-5.84 with each batch split
+#: in one part per stream and 6.05 with one request per stream; measured here, model alone).
+OPENVINO_REQUESTS_PER_STREAM = 2
 
 #: What ``precision=`` takes (see the module docstring).
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -128,6 +134,13 @@ class Backend:
                  prepared: Any = None) -> np.ndarray:
         """Probabilities for ``batch`` (and ``context``), or for what :meth:`prepare` returned (``prepared``)."""
         return self.run(self.prepare(batch, context) if prepared is None else prepared)
+
+    def map(self, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, np.ndarray | None]]:
+        """``(key, run(prepared))`` for each ``(key, prepared)`` of ``items``, in their order (``prepared`` None:
+        ``(key, None)``). A backend that can start the next batch while finishing this one (OpenVINO) does so;
+        here, one batch after another."""
+        for key, prepared in items:
+            yield key, None if prepared is None else self.run(prepared)
 
     def _load_stain(self, source: Any, enabled: bool) -> None:
         from pathseg.transforms.stain import normalizer_from_state
@@ -242,14 +255,19 @@ class OpenVinoBackend(OnnxBackend):
     An fp32 graph is compiled with ``INFERENCE_PRECISION_HINT=f32``: on a CPU with AMX or AVX-512 BF16,
     OpenVINO's own default would compute in bf16, which is not the fp32 the run record names. An INT8 graph
     keeps its quantize/dequantize pairs, which OpenVINO runs as int8 kernels (VNNI, and AMX where the CPU
-    has it). Input normalisation and stain normalisation are the ONNX backend's; the graph ends in softmax.
+    has it). The graph ends in softmax. Stain normalisation is the ONNX backend's (numpy, before the model).
 
-    With two or more threads the graph runs as ``streams`` streams (default :data:`OPENVINO_STREAMS`) (OpenVINO's name for
-    independent executors, each with its share of the threads), and a batch is split into one contiguous
-    part per stream, run at once: the same arithmetic per tile, so the same probabilities. A stream
-    synchronises only its own threads, so a thread of the tile reader or the stitcher taking a core
-    delays one part, not every layer of the whole batch. The compiled graph is kept in OpenVINO's model
-    cache (``<user cache>/openvino``), so a second run of the same model skips compilation.
+    Input normalisation is part of the compiled graph (OpenVINO's preprocessing): the model takes the uint8
+    tiles (N, H, W, 3) as they are read and computes ``(x - 255·mean) / (255·std)`` in NCHW itself, so
+    :meth:`model_input` only checks the batch, and no float copy of it is made on the tile reader's thread.
+
+    With two or more threads the graph runs as ``streams`` streams (default :data:`OPENVINO_STREAMS`; OpenVINO's
+    name for independent executors, each with its share of the threads), fed one tile at a time from a queue of
+    ``2 x streams`` requests (:data:`OPENVINO_REQUESTS_PER_STREAM`): a stream takes the next tile as soon as it is
+    done with one, also across batches in :meth:`map`, so no stream waits at a batch's end for the other, and
+    a thread of the tile reader or the stitcher taking a core delays one tile, not the whole batch. Each tile
+    gets the same arithmetic whichever stream runs it, so the same probabilities. The compiled graph is kept in
+    OpenVINO's model cache (``<user cache>/openvino``), so a second run of the same model skips compilation.
     """
 
     name = "openvino"
@@ -262,6 +280,7 @@ class OpenVinoBackend(OnnxBackend):
             import openvino as ov
         except ImportError as e:
             raise ConfigError("--backend openvino needs the openvino package: pip install openvino") from e
+        self._ov = ov
         self.path = Path(onnx_path)
         self.settings = settings or SessionSettings(threads=threads)
         self.info = read_onnx_info(self.path)
@@ -279,23 +298,83 @@ class OpenVinoBackend(OnnxBackend):
         except (OSError, RuntimeError):
             pass  # no writable cache: compile every time
         try:
-            self.session = core.compile_model(str(self.path), "CPU", config)
+            model = self._with_input_normalisation(core.read_model(str(self.path)))
+            self.session = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise DataError(f"{self.path}: OpenVINO cannot compile this model ({e}); re-export it with "
                             "`pathseg export-onnx`, or use --backend onnx") from e
-        self._requests = [self.session.create_infer_request() for _ in range(self.streams)]
+        self.requests = self.streams * OPENVINO_REQUESTS_PER_STREAM
         self._load_stain(source or self.path, stain_norm)
-        self._normalise = InputNormaliser(self.info.get("mean", (0, 0, 0)), self.info.get("std", (1, 1, 1)))
+
+    def _with_input_normalisation(self, model: Any) -> Any:
+        """``model`` taking uint8 NHWC tiles: converted to float32, ``- 255·mean``, ``/ 255·std``, to NCHW."""
+        from openvino.preprocess import PrePostProcessor
+
+        ov = self._ov
+        mean = (np.asarray(self.info.get("mean", (0, 0, 0)), np.float32) * 255).reshape(3)
+        std = (np.asarray(self.info.get("std", (1, 1, 1)), np.float32) * 255).reshape(3)
+        ppp = PrePostProcessor(model)
+        inp = ppp.input()
+        inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        inp.model().set_layout(ov.Layout("NCHW"))
+        inp.preprocess().convert_element_type(ov.Type.f32).mean(mean.tolist()).scale(std.tolist())
+        return ppp.build()
+
+    def model_input(self, batch: Any, context: Any | None = None) -> np.ndarray:
+        """The uint8 tiles themselves (N, H, W, 3), C-contiguous: the graph normalises them."""
+        batch = np.asarray(batch)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise DataError(f"model input: expected uint8 tiles (N, H, W, 3), got {batch.dtype} {batch.shape}")
+        return np.ascontiguousarray(batch)
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
-        parts = np.array_split(prepared, min(self.streams, len(prepared)))
-        for r, x in zip(self._requests, parts):
-            r.start_async({0: np.ascontiguousarray(x)})
-        outs = []
-        for r, _ in zip(self._requests, parts):
-            r.wait()
-            outs.append(r.get_output_tensor(0).data.copy())  # a request reuses its output buffer
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return next(self.map([(None, prepared)]))[1]
+
+    def map(self, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, np.ndarray | None]]:
+        """As :meth:`Backend.map`, each batch's tiles queued one by one on the streams as soon as the batch is
+        taken from ``items``, while earlier tiles still run; a batch is yielded, in order, once all its tiles
+        are done (seen between two tiles queued, or when the next batch is asked for). On leaving (also
+        early), the tiles still running are waited for."""
+        queue = self._ov.AsyncInferQueue(self.session, self.requests)
+        errors: list[BaseException] = []
+
+        def done(request: Any, slot: tuple[np.ndarray, int, list[int]]) -> None:  # on an OpenVINO thread
+            out, i, count = slot
+            try:
+                out[i] = request.get_output_tensor(0).data[0]  # copied: a request reuses its output buffer
+            except BaseException as e:  # noqa: BLE001  (raised in the caller below)
+                errors.append(e)
+            count[0] += 1
+
+        queue.set_callback(done)
+        waiting: list[tuple[Any, np.ndarray | None, list[int]]] = []  # (key, probabilities, tiles done)
+
+        def front_done() -> bool:
+            _, out, count = waiting[0]
+            if errors:
+                raise errors[0]
+            return out is None or count[0] == len(out)
+
+        try:
+            for key, prepared in items:
+                if prepared is None:  # no tile of the batch could be read
+                    waiting.append((key, None, [0]))
+                    continue
+                x = np.asarray(prepared)
+                out = np.empty((len(x), self.num_classes, x.shape[1], x.shape[2]), np.float32)
+                count = [0]
+                waiting.append((key, out, count))
+                for i in range(len(x)):
+                    while waiting[0][1] is not out and front_done():  # earlier batches finished meanwhile
+                        key0, out0, _ = waiting.pop(0)
+                        yield key0, out0
+                    queue.start_async({0: x[i:i + 1]}, (out, i, count))  # waits while every request is busy
+            queue.wait_all()
+            while waiting and front_done():
+                key0, out0, _ = waiting.pop(0)
+                yield key0, out0
+        finally:
+            queue.wait_all()
 
 
 BACKENDS.register("torch", TorchBackend)

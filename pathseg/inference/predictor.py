@@ -8,7 +8,8 @@
    waits for the disk: a reader thread reads and decodes the next batch and prepares the model's input
    (stain normalisation included) while the model runs on this one, and a stitcher thread adds the
    probabilities into zarr (:class:`pathseg.inference.stitch.Stitcher`), checkpointing so an interrupted
-   slide resumes. Tiles are stitched in the same order as by a plain loop, so the outputs are the same.
+   slide resumes. The batches go through :meth:`Backend.map`, so a backend that can (OpenVINO) queues the
+   next batch's tiles while finishing this one's. Tiles are stitched in the same order as by a plain loop, so the outputs are the same.
    ``workers`` > 0 reads in that many DataLoader processes instead of the reader thread (for slides
    whose decoding outweighs the model on many cores);
 4. write, each atomically, into ``out/<name>/`` (the slide's stem; see
@@ -28,7 +29,8 @@ any other failure raises, and :func:`pathseg.cli.slides.predict_slides` moves on
 Where the time goes is in the record's ``timings`` (seconds): ``startup_s`` (the process's age when the
 slide starts: interpreter, imports, model loading), ``backend_load_s``, ``open_s``, ``tissue_s``,
 ``inference_s`` (the pipelined loop, wall time) and inside it, per thread, ``read_s`` (read and decode),
-``stain_s``, ``normalise_s`` (model input), ``model_s``, ``stitch_s``, the model's waits for the reader
+``stain_s``, ``normalise_s`` (model input), ``model_s`` (waiting for the model's results, less the waits for
+the reader), ``stitch_s``, the model's waits for the reader
 (``wait_read_s``) and the stitcher (``wait_stitch_s``), ``first_tile_s`` (process age when the first
 probabilities came out), then ``write_s`` and each writer's ``write_<output>_s``, and ``total_s``.
 
@@ -51,6 +53,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -544,12 +547,15 @@ class SlidePredictor:
         done_in_run = 0
         interrupted = False
         pipe = _Pipeline(ds, self.backend, cfg.batch_size, cfg.workers, add)
-        with pipe:
+        with pipe, closing(self.backend.map((b, b.prepared) for b in pipe.batches())) as results:
             try:
-                for batch in pipe.batches():
-                    t0 = time.perf_counter()
-                    probs = self.backend(prepared=batch.prepared) if batch.prepared is not None else None
-                    t_model += time.perf_counter() - t0
+                while True:  # model_s: the time in the model's results, less the waits for the reader
+                    t0, waited = time.perf_counter(), pipe.times["wait_read_s"]
+                    got = next(results, None)
+                    t_model += time.perf_counter() - t0 - (pipe.times["wait_read_s"] - waited)
+                    if got is None:
+                        break
+                    batch, probs = got
                     if first_tile is None:
                         first_tile = process_age_s()
                     pipe.stitch(batch, probs)
@@ -559,8 +565,10 @@ class SlidePredictor:
                     if stop_after is not None and done_in_run >= stop_after:
                         interrupted = True
                         break
+                results.close()  # tiles queued past the stop are waited for and dropped
                 pipe.finish()
             except KeyboardInterrupt:  # keep what was computed: the next run resumes from here
+                results.close()
                 pipe.finish()
                 stitcher.checkpoint()
                 raise

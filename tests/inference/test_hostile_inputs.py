@@ -19,7 +19,7 @@ from wsi_fixtures import real_slide, synthetic_slide  # noqa: E402
 from wsi_helpers import tiny_checkpoint  # noqa: E402
 
 from pathseg.cli.main import app  # noqa: E402
-from pathseg.inference.backends import load_backend  # noqa: E402
+from pathseg.inference.backends import Backend, load_backend  # noqa: E402
 from pathseg.inference.batch import (  # noqa: E402
     SlideBusyError,
     SlideLock,
@@ -217,7 +217,9 @@ def test_an_interrupted_rerun_with_other_settings_leaves_no_done_record(ckpt, sl
 # -- 13. an interrupted slide keeps its progress; no hidden temporary survives ---------------------------
 
 class _InterruptAfter:
-    """A backend that raises KeyboardInterrupt on call ``n`` (as Ctrl-C would, mid-slide)."""
+    """A backend whose model raises KeyboardInterrupt on run ``n`` (as Ctrl-C would, mid-slide)."""
+
+    map = Backend.map  # the predictor's loop, over this wrapper's run
 
     def __init__(self, be, n: int) -> None:
         self.be, self.n, self.calls = be, n, 0
@@ -225,11 +227,11 @@ class _InterruptAfter:
     def __getattr__(self, k):
         return getattr(self.be, k)
 
-    def __call__(self, *a, **kw):
+    def run(self, prepared):
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
-        return self.be(*a, **kw)
+        return self.be.run(prepared)
 
 
 def test_ctrl_c_mid_slide_keeps_the_tiles_done_and_a_rerun_resumes(ckpt, slide, tmp_path):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
 from wsi_fixtures import synthetic_slide  # noqa: E402
 from wsi_helpers import colour_backend  # noqa: E402
 
-from pathseg.errors import ConfigError  # noqa: E402
+from pathseg.errors import ConfigError, DataError  # noqa: E402
 from pathseg.inference.backends import OnnxBackend, TorchBackend, load_backend  # noqa: E402
 from pathseg.inference.onnx import InputNormaliser, export_model_onnx, read_onnx_info  # noqa: E402
 from pathseg.inference.predictor import PredictConfig, SlidePredictor, process_age_s  # noqa: E402
@@ -335,6 +335,33 @@ def test_openvino_runs_the_exported_graph_at_fp32_as_onnx_runtime_does(trained, 
     assert rec["backend"] == "openvino" and rec["precision"] == "fp32"
     np.testing.assert_allclose(p_ov, p_ort, atol=1e-5, rtol=0)
     assert (l_ov == l_ort).mean() > 0.9999  # only float32 near-ties may differ
+
+
+def test_openvino_normalises_in_the_graph_and_streams_batches_in_order(trained):
+    """The graph takes the uint8 tiles (normalisation compiled in, compared above with ONNX Runtime's numpy
+    normalisation); ``map`` queues tile after tile across batches and gives each batch back, in order, with
+    the probabilities ONNX Runtime gives that batch alone; a batch with no tiles passes through as None; leaving
+    early waits for the queued tiles and leaves the backend usable."""
+    from pathseg.inference.backends import OpenVinoBackend
+
+    ovb, ortb = load_backend(trained, backend="openvino"), load_backend(trained, backend="onnx")
+    assert isinstance(ovb, OpenVinoBackend) and ovb.requests == 2 * ovb.streams
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (1, 5, 3, 7)]
+    prepared = ovb.model_input(batches[1])
+    assert prepared.dtype == np.uint8 and np.shares_memory(prepared, batches[1])  # no float copy
+    with pytest.raises(DataError, match="uint8"):
+        ovb.model_input(batches[1].astype(np.float32))
+    items = [("a", batches[0]), ("b", batches[1]), ("none", None), ("c", batches[2]), ("d", batches[3])]
+    got = list(ovb.map((k, ovb.model_input(x) if x is not None else None) for k, x in items))
+    assert [k for k, _ in got] == ["a", "b", "none", "c", "d"] and got[2][1] is None
+    for (_, x), (_, probs) in zip([i for i in items if i[1] is not None], [g for g in got if g[1] is not None]):
+        assert probs.shape == (len(x), ortb.num_classes, 64, 64)
+        np.testing.assert_allclose(probs, ortb(x), atol=1e-5, rtol=0)
+    it = ovb.map((k, x) for k, x in items if x is not None)
+    assert next(it)[0] == "a"
+    it.close()  # tiles of "b" were queued: waited for, dropped
+    np.testing.assert_allclose(ovb(batches[2]), ortb(batches[2]), atol=1e-5, rtol=0)
 
 
 def test_openvino_runs_an_int8_graph_with_the_agreement_it_was_calibrated_for(trained, slide, tmp_path):
