@@ -72,9 +72,10 @@ DEFAULT_CPU_BACKEND = "openvino" if importlib.util.find_spec("openvino") is not 
 #: The backends that run an exported ONNX graph (fp32 or INT8): ONNX Runtime and OpenVINO.
 GRAPH_BACKENDS = ("onnx", "openvino")
 
-#: OpenVINO streams (each with its share of the threads) that a batch is split over; measured on the 2-core
-#: benchmark machine (wsi_inference.md, "OpenVINO streams"), U-Net at batch 8 beside a thread keeping a fifth
-#: of a core busy: 6.13 tiles/s with 2 streams of 1 thread, 5.90 with 1 stream of 2 (alone: 6.73 and 6.56).
+#: OpenVINO streams (each with its share of the threads) that the tiles are run on; measured on the 2-core
+#: benchmark machine when each batch was split in one part per stream (wsi_inference.md, "OpenVINO streams"),
+#: U-Net at batch 8 beside a thread keeping a fifth of a core busy: 6.13 tiles/s with 2 streams of 1 thread,
+#: 5.90 with 1 stream of 2 (alone: 6.73 and 6.56).
 OPENVINO_STREAMS = 2
 
 #: OpenVINO requests queued per stream: one running, one ready to start the moment it ends (fed one tile at a
